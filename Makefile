@@ -1,0 +1,42 @@
+# Minitwitter: `make run` starts everything, `make test` runs the suite. Both create .venv and
+# install the pinned requirements themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)/shared:$(CURDIR)
+
+.PHONY: run test test-fast lint typecheck migrate secrets bench worker gateway clean
+
+$(STAMP): shared/requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP) ## start PostgreSQL/Redis if needed, migrations, gateway and workers (foreground)
+	$(PY) -m gateway.run
+
+test: $(STAMP) ## the whole test suite against real PostgreSQL, Redis, RQ, nginx, Prometheus
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check shared gateway functions templates tests scripts
+	$(VENV)/bin/mypy
+
+migrate: $(STAMP)
+	$(PY) -m minitwitter.migrate
+
+secrets: $(STAMP) ## generate missing secret files in .secrets/ (git-ignored)
+	$(PY) -c "from minitwitter.config import ensure_dev_secrets; print(ensure_dev_secrets())"
+
+worker: $(STAMP)
+	$(PY) -m gateway.worker
+
+bench: $(STAMP)
+	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

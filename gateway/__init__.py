@@ -1,0 +1,1 @@
+"""The local OpenFaaS-compatible gateway and queue-worker (the embedded default runtime)."""

@@ -1,0 +1,354 @@
+"""The gateway WSGI app: the OpenFaaS gateway HTTP contract over in-process functions.
+
+Routes (see docs/openfaas-contract notes in the README):
+
+- ``ANY /function/<name>[.<namespace>][/<path>]``: sync invoke, prefix stripped, query kept,
+  ``X-Call-Id`` / ``X-Start-Time`` added, ``X-Duration-Seconds`` on the response, 504 after
+  ``FUNCTION_TIMEOUT``.
+- ``POST /async-function/<name>[.<namespace>][/<path>]``: 202, queued as an RQ job.
+- ``/system/*``: functions, function, scale-function, info, logs, namespaces (basic auth).
+- ``GET /healthz`` and ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import concurrent.futures
+import contextvars
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from minitwitter import cache, db, errors, logs, metrics
+from minitwitter.config import Config, use_config
+from minitwitter.http import dumps
+from prometheus_client.core import GaugeMetricFamily
+from werkzeug.wrappers import Request, Response
+
+from . import queue_worker
+from .registry import Hosted, Registry
+
+log = logging.getLogger("minitwitter.gateway")
+
+VERSION = "0.27.14"
+SERVED_BY = f"openfaas-ce/{VERSION} (minitwitter local gateway)"
+WSGIEnv = dict[str, Any]
+StartResponse = Callable[..., Any]
+
+
+def json_error(status: int, message: str, details: dict[str, Any] | None = None,
+               headers: dict[str, str] | None = None) -> Response:
+    """Gateway-level errors use the project's JSON error body."""
+    response = Response(dumps({"error": message, "details": details or {}}), status=status,
+                        mimetype="application/json")
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def json_ok(body: Any, status: int = 200) -> Response:
+    return Response(dumps(body), status=status, mimetype="application/json")
+
+
+class Gateway:
+    """WSGI callable; one per process."""
+
+    def __init__(self, config: Config, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or Registry(config)
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(4, config.gateway_threads * 2), thread_name_prefix="fn")
+        metrics.add_scrape_collector(self._service_counts)
+
+    # -- WSGI -------------------------------------------------------------------------------
+    def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        if path.startswith("/function/"):
+            return self.invoke(environ, start_response, path[len("/function/"):])
+        response = self.dispatch(Request(environ), path)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request, path: str) -> Response:
+        try:
+            if path.startswith("/async-function/"):
+                return self.invoke_async(request, path[len("/async-function/"):])
+            if path == "/healthz":
+                return self.healthz()
+            if path == "/metrics":
+                body, ctype = metrics.render()
+                return Response(body, mimetype=None, content_type=ctype)
+            if path.startswith("/system/"):
+                denied = self.check_basic_auth(request)
+                if denied is not None:
+                    return denied
+                return self.system(request, path[len("/system/"):])
+            return json_error(404, "404 page not found")
+        except errors.MinitwitterError as exc:
+            return json_error(exc.status, exc.message, exc.details)
+        except Exception:  # noqa: BLE001 - never a traceback to a client
+            log.exception("gateway error")
+            return json_error(500, "internal error")
+
+    # -- sync invoke ------------------------------------------------------------------------
+    def split_target(self, rest: str) -> tuple[str, str, str]:
+        """``name[.ns][/path]`` → (name, namespace, path)."""
+        target, _, sub = rest.partition("/")
+        name, _, namespace = target.partition(".")
+        return name, namespace or self.config.function_namespace, "/" + sub
+
+    def invoke(self, environ: WSGIEnv, start_response: StartResponse, rest: str) -> Iterable[bytes]:
+        name, namespace, sub_path = self.split_target(rest)
+        function_name = f"{name}.{namespace}"
+        started_ns = time.time_ns()
+        started = time.perf_counter()
+        client_call_id = environ.get("HTTP_X_CALL_ID")
+        call_id = client_call_id or str(uuid.uuid4())
+        extra_headers = [("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY)]
+        if not client_call_id:
+            extra_headers.append(("X-Call-Id", call_id))
+        hosted = None
+        if namespace == self.config.function_namespace and name:
+            try:
+                hosted = self.registry.get(name)
+            except errors.MinitwitterError as exc:
+                return self._finish(json_error(exc.status, exc.message, exc.details), environ,
+                                    start_response, extra_headers)
+        if hosted is None:
+            response = json_error(404, f"error finding function {function_name}: not found")
+            return self._finish(response, environ, start_response, extra_headers)
+        metrics.GATEWAY_STARTED.labels(function_name).inc()
+        inner = dict(environ)
+        inner["PATH_INFO"] = sub_path
+        inner["SCRIPT_NAME"] = ""
+        inner["HTTP_X_CALL_ID"] = call_id
+        inner["HTTP_X_START_TIME"] = str(started_ns)
+        inner.setdefault("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", ""))
+        inner.setdefault("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", ""))
+        status, headers, body = self._run_function(hosted, inner)
+        duration = time.perf_counter() - started
+        code = status.split(" ", 1)[0]
+        metrics.GATEWAY_INVOCATIONS.labels(function_name, code).inc()
+        metrics.GATEWAY_SECONDS.labels(function_name, code).observe(duration)
+        headers = [h for h in headers if h[0].lower() != "x-duration-seconds"]
+        headers.append(("X-Duration-Seconds", f"{duration:.6f}"))
+        start_response(status, headers + extra_headers)
+        return [body]
+
+    def _run_function(self, hosted: Hosted, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Call the function's WSGI app on a pool thread, bounded by FUNCTION_TIMEOUT."""
+        ctx = contextvars.copy_context()
+        future = self.pool.submit(ctx.run, self._call_app, hosted, environ)
+        try:
+            return future.result(timeout=self.config.function_timeout or None)
+        except concurrent.futures.TimeoutError:
+            log.error("function timed out", extra={"function": hosted.name,
+                                                   "timeout_s": self.config.function_timeout})
+            response = json_error(504, "function timed out",
+                                  {"timeout_seconds": self.config.function_timeout})
+            return "504 GATEWAY TIMEOUT", list(response.headers.items()), response.get_data()
+        except Exception:  # noqa: BLE001
+            log.exception("function crashed", extra={"function": hosted.name})
+            response = json_error(500, "internal error")
+            return "500 INTERNAL SERVER ERROR", list(response.headers.items()), response.get_data()
+
+    @staticmethod
+    def _call_app(hosted: Hosted, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
+        captured: dict[str, Any] = {}
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured["status"], captured["headers"] = status, list(headers)
+            return lambda _data: None
+
+        with use_config(hosted.config):
+            result = hosted.app(environ, start)
+            try:
+                body = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        return captured["status"], captured["headers"], body
+
+    @staticmethod
+    def _finish(response: Response, environ: WSGIEnv, start_response: StartResponse,
+                extra: list[tuple[str, str]]) -> Iterable[bytes]:
+        for key, value in extra:
+            response.headers[key] = value
+        return response(environ, start_response)
+
+    # -- async invoke -----------------------------------------------------------------------
+    def invoke_async(self, request: Request, rest: str) -> Response:
+        if request.method != "POST":
+            return json_error(405, "method not allowed", {"allowed": ["POST"]}, {"Allow": "POST"})
+        name, namespace, sub_path = self.split_target(rest)
+        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        started_ns = str(time.time_ns())
+        callback = request.headers.get("X-Callback-Url", "").strip()
+        if callback:
+            parts = urlsplit(callback)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                return json_error(400, "X-Callback-Url is not a valid URL", {"X-Callback-Url": callback})
+        if namespace != self.config.function_namespace or self.registry.get(name) is None:
+            return json_error(404, f"error finding function {name}.{namespace}: not found")
+        body = request.get_data(cache=False)
+        if len(body) > self.config.max_body_bytes * 16:
+            return json_error(413, "request body too large")
+        headers = [(k, v) for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length", "connection")]
+        headers += [("X-Call-Id", call_id), ("X-Start-Time", started_ns)]
+        message = {
+            "Function": name, "Namespace": namespace, "Path": sub_path if sub_path != "/" else "",
+            "QueryString": request.query_string.decode("latin-1"), "Method": request.method,
+            "Header": headers, "Body": base64.b64encode(body).decode("ascii"),
+            "CallbackUrl": callback or None, "CallId": call_id, "QueueName": self.config.async_queue,
+        }
+        try:
+            queue_worker.enqueue_invocation(message, self.config)
+        except errors.MinitwitterError as exc:
+            return json_error(500, f"Error queuing request: {exc.message}")
+        response = Response(b"", status=202)
+        response.headers["X-Call-Id"] = call_id
+        response.headers["X-Start-Time"] = started_ns
+        response.headers["X-Served-By"] = SERVED_BY
+        return response
+
+    # -- system API -------------------------------------------------------------------------
+    def check_basic_auth(self, request: Request) -> Response | None:
+        if not self.config.gateway_basic_auth:
+            return None
+        auth = request.authorization
+        expected_user, expected_password = self.config.basic_auth_user, self.config.basic_auth_password
+        ok = (
+            auth is not None and auth.type == "basic" and bool(expected_password)
+            and hmac.compare_digest((auth.username or "").encode(), expected_user.encode())
+            and hmac.compare_digest((auth.password or "").encode(), expected_password.encode())
+        )
+        if ok:
+            return None
+        response = Response(b"invalid credentials", status=401, mimetype="text/plain")
+        response.headers["WWW-Authenticate"] = 'Basic realm="Restricted"'
+        return response
+
+    def system(self, request: Request, route: str) -> Response:
+        method = request.method
+        if route == "functions":
+            if method == "GET":
+                ns = request.args.get("namespace")
+                if ns and ns != self.config.function_namespace:
+                    return json_ok([])
+                counts = self.invocation_counts()
+                return json_ok([self.registry.status(n, counts.get(n))
+                                for n in self.registry.deployed_names()])
+            if method in ("POST", "PUT"):
+                self.registry.deploy(self._json(request), create=method == "POST")
+                return Response(b"", status=202)
+            if method == "DELETE":
+                body = self._json(request)
+                name = body.get("functionName") if isinstance(body, dict) else None
+                if not name:
+                    raise errors.BadRequest("functionName is required")
+                self.registry.remove(str(name))
+                return Response(b"", status=202)
+            return json_error(405, "method not allowed", headers={"Allow": "GET, POST, PUT, DELETE"})
+        if route.startswith("function/") and method == "GET":
+            status = self.registry.status(route[len("function/"):])
+            return json_ok(status) if status else json_error(404, "function not found")
+        if route.startswith("scale-function/") and method == "POST":
+            body = self._json(request)
+            replicas = body.get("replicas") if isinstance(body, dict) else None
+            if not isinstance(replicas, int) or isinstance(replicas, bool):
+                raise errors.BadRequest("replicas must be an integer")
+            if replicas < 1:
+                raise errors.BadRequest("replicas must be at least 1 in OpenFaaS Community Edition")
+            self.registry.scale(route[len("scale-function/"):], replicas)
+            return Response(b"", status=202)
+        if route == "info" and method == "GET":
+            return json_ok({
+                "provider": {"provider": "minitwitter-local", "orchestration": "process",
+                             "version": {"sha": "local", "release": VERSION}},
+                "version": {"commit_message": "minitwitter local gateway", "sha": "local",
+                            "release": VERSION},
+                "arch": "x86_64",
+            })
+        if route == "namespaces" and method == "GET":
+            return json_ok([self.config.function_namespace])
+        if route == "logs" and method == "GET":
+            return self.system_logs(request)
+        return json_error(404, "404 page not found")
+
+    @staticmethod
+    def _json(request: Request) -> Any:
+        try:
+            return orjson.loads(request.get_data() or b"null")
+        except orjson.JSONDecodeError:
+            raise errors.BadRequest("malformed JSON") from None
+
+    def system_logs(self, request: Request) -> Response:
+        since_raw = request.args.get("since")
+        since = None
+        if since_raw:
+            try:
+                since = datetime.fromisoformat(since_raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise errors.BadRequest("since must be an RFC 3339 timestamp") from None
+        tail_raw = request.args.get("tail", "-1")
+        try:
+            tail = int(tail_raw)
+        except ValueError:
+            raise errors.BadRequest("tail must be an integer") from None
+        logs.flush()
+        lines = logs.query(name=request.args.get("name") or None, since=since,
+                           tail=tail if tail >= 0 else None,
+                           call_id=request.args.get("call_id") or None,
+                           level=request.args.get("level") or None,
+                           namespace=self.config.function_namespace)
+        body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+        return Response(body, status=200, mimetype="application/x-ndjson")
+
+    def invocation_counts(self) -> dict[str, float]:
+        """Per-function invocation totals from the (multi-process) metrics."""
+        suffix = "." + self.config.function_namespace
+        counts: dict[str, float] = {}
+        text, _ = metrics.render()
+        for line in text.decode().splitlines():
+            if line.startswith("gateway_function_invocation_total{"):
+                labels, _, value = line.rpartition(" ")
+                fn = labels.split('function_name="', 1)[1].split('"', 1)[0]
+                if fn.endswith(suffix):
+                    counts[fn[: -len(suffix)]] = counts.get(fn[: -len(suffix)], 0.0) + float(value)
+        return counts
+
+    def _service_counts(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily("gateway_service_count", "Desired replicas per function",
+                                   labels=["function_name"])
+        try:
+            self.registry.refresh()
+        except errors.MinitwitterError:
+            pass
+        for name, state in sorted(self.registry._state.items()):  # noqa: SLF001
+            if state[0]:
+                family.add_metric([f"{name}.{self.config.function_namespace}"], state[3])
+        return [family]
+
+    # -- health -----------------------------------------------------------------------------
+    def healthz(self) -> Response:
+        checks = {"postgres": db.ping(), "redis": cache.ping()}
+        ok = checks["postgres"]  # Redis down degrades the service; PostgreSQL down breaks it
+        body = {"status": "ok" if ok and checks["redis"] else ("degraded" if ok else "down"),
+                "checks": {k: "ok" if v else "down" for k, v in checks.items()}}
+        return json_ok(body, status=200 if ok else 503)
+
+
+def decode_body(message: dict[str, Any]) -> bytes:
+    """The body of a queued invocation."""
+    try:
+        return base64.b64decode(message.get("Body") or "")
+    except (binascii.Error, ValueError):
+        return b""

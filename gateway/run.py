@@ -1,0 +1,125 @@
+"""``make run``: the whole system in the foreground, no Docker.
+
+1. Secrets: the OpenFaaS-named secret files, generated once into ``.secrets/`` (git-ignored).
+2. Stores: ``DATABASE_URL`` / ``REDIS_URL`` when set; else PostgreSQL / Redis on 127.0.0.1's
+   standard ports when they answer; else embedded servers in ``.data/`` (see ``embedded.py``).
+3. Migrations, then every stack.yml function (re)deployed into the gateway's state.
+4. The gateway under gunicorn (``GATEWAY_WORKERS`` processes) and the queue-workers
+   (``WORKER_COUNT`` processes). Ctrl-C or SIGTERM stops everything, embedded stores included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, ensure_dev_secrets, load_config, set_config
+
+from . import embedded
+
+DATA_DIR = REPO_ROOT / ".data"
+EMBEDDED_PG_PORT = 54329
+EMBEDDED_REDIS_PORT = 63799
+
+
+def choose_stores(env: dict[str, str], stack: list[object]) -> None:
+    """Fill DATABASE_URL / REDIS_URL in ``env``, starting embedded servers when needed."""
+    if not env.get("DATABASE_URL"):
+        if embedded.port_open("127.0.0.1", 5432):
+            env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/minitwitter"
+        else:
+            print("no PostgreSQL configured or running: starting the embedded one", flush=True)
+            pg = embedded.start_postgres(DATA_DIR / "postgres", EMBEDDED_PG_PORT)
+            stack.append(pg)
+            env["DATABASE_URL"] = pg.url.rsplit("/", 1)[0] + "/minitwitter"
+    if not env.get("REDIS_URL"):
+        if embedded.port_open("127.0.0.1", 6379):
+            env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        else:
+            print("no Redis configured or running: starting the embedded one", flush=True)
+            rd = embedded.start_redis(DATA_DIR / "redis", EMBEDDED_REDIS_PORT)
+            stack.append(rd)
+            env["REDIS_URL"] = rd.url
+
+
+def main() -> int:
+    env = dict(os.environ)
+    started: list[object] = []
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(_signum: int = 0, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if not env.get("SECRETS_DIR") and not Path("/var/openfaas/secrets").is_dir():
+            ensure_dev_secrets(DEV_SECRETS_DIR)
+        choose_stores(env, started)
+        embedded.ensure_database(env["DATABASE_URL"])
+        config = load_config(env)
+        set_config(config)
+        from minitwitter import logs, migrate
+
+        logs.configure_logging("run", to_db=False)
+        migrate.migrate()
+        from .registry import Registry
+
+        Registry(config).seed(redeploy=True)
+        prom_dir = DATA_DIR / "prometheus"
+        shutil.rmtree(prom_dir, ignore_errors=True)
+        prom_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
+             "gateway.wsgi:app"], env=env, cwd=REPO_ROOT))
+        children.append(subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=env, cwd=REPO_ROOT))
+        url = f"http://127.0.0.1:{config.gateway_port}"
+        while not embedded.port_open("127.0.0.1", config.gateway_port) and not stopping:
+            if any(c.poll() is not None for c in children):
+                print("a component exited during start-up; see the log above", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print(
+            "\nMinitwitter is running\n"
+            f"  gateway        {url}  (functions: {url}/function/<name>)\n"
+            f"  metrics        {url}/metrics\n"
+            f"  health         {url}/healthz\n"
+            f"  system API     user {config.basic_auth_user!r}, password in "
+            f"{config.secrets_dir / 'basic-auth-password'}\n"
+            f"                 faas-cli login -g {url} -u {config.basic_auth_user} --password-stdin "
+            f"< {config.secrets_dir / 'basic-auth-password'}\n"
+            f"  PostgreSQL     {env['DATABASE_URL']}\n"
+            f"  Redis          {env['REDIS_URL']}\n"
+            f"  sentiment      SENTIMENT_BACKEND={config.sentiment_backend} (Ollama at {config.ollama_host}"
+            f", VADER when it does not answer)\n"
+            "Press Ctrl-C to stop.\n", flush=True)
+        while not stopping:
+            if any(c.poll() is not None for c in children):
+                print("a component exited; stopping", file=sys.stderr)
+                return 1
+            time.sleep(0.3)
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(35)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for service in reversed(started):
+            service.stop()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

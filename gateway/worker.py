@@ -1,0 +1,67 @@
+"""``python -m gateway.worker``: RQ worker processes for async invocations, callbacks and
+sentiment jobs. ``WORKER_COUNT`` processes run side by side; SIGTERM or Ctrl-C lets each finish
+its current job (RQ's warm shutdown) before it exits. The scheduler (retries with backoff and
+periodic jobs) runs inside the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
+from minitwitter import cache, logs
+from minitwitter.config import get_config
+from rq import SimpleWorker
+
+log = logging.getLogger("minitwitter.worker")
+
+#: Queues in priority order: user-visible async calls first, then verdicts, then deliveries.
+QUEUES = ("faas-request", "sentiment", "callbacks", "default")
+
+
+def queue_names() -> list[str]:
+    cfg = get_config()
+    return [cfg.async_queue if q == "faas-request" else q for q in QUEUES]
+
+
+def run_worker(burst: bool = False) -> None:
+    """Run one worker in this process until told to stop."""
+    logs.configure_logging("worker")
+    cache.reset()
+    worker = SimpleWorker(queue_names(), connection=cache.client())
+    try:
+        from minitwitter import jobs  # sentiment pipeline: periodic reconciler, if present
+
+        jobs.on_worker_start(worker)
+    except ImportError:
+        pass
+    worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+
+
+def main() -> None:
+    count = max(1, get_config().worker_count)
+    if count == 1:
+        run_worker()
+        return
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=run_worker, name=f"worker-{i}") for i in range(count)]
+    for proc in procs:
+        proc.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.join()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

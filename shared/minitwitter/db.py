@@ -1,0 +1,220 @@
+"""PostgreSQL access through pg8000: one connection per thread, reused, rebuilt after failures.
+
+pg8000 connections are not thread-safe and the WSGI servers run several threads, so each thread
+keeps its own :class:`pg8000.native.Connection`. Parameters are always bound (``:name``); SQL is
+never assembled from user input. SQLSTATEs are translated into domain errors here and only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from . import errors
+from .config import Config, get_config
+
+log = logging.getLogger(__name__)
+
+UNIQUE_VIOLATION = "23505"
+FOREIGN_KEY_VIOLATION = "23503"
+CHECK_VIOLATION = "23514"
+NOT_NULL_VIOLATION = "23502"
+#: SQLSTATE classes that mean the connection or server is gone (class 08, 57P0x shutdown).
+CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+Row = list[Any]
+
+
+def connect_params(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Turn ``postgresql://user:pass@host:port/db?unix_sock=...`` into pg8000 keyword arguments."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ValueError("DATABASE_URL must start with postgresql://")
+    params: dict[str, Any] = {
+        "user": unquote(parts.username or "postgres"),
+        "database": unquote(parts.path.lstrip("/") or "postgres"),
+        "timeout": timeout,
+        "application_name": "minitwitter",
+    }
+    if parts.password:
+        params["password"] = unquote(parts.password)
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    if "unix_sock" in query:
+        params["unix_sock"] = unquote(query["unix_sock"])
+    else:
+        params["host"] = parts.hostname or "127.0.0.1"
+        params["port"] = parts.port or 5432
+    return params
+
+
+def open_connection(config: Config | None = None) -> pg8000.native.Connection:
+    """Open a new connection (callers normally use :func:`connection` instead)."""
+    cfg = config or get_config()
+    try:
+        conn = pg8000.native.Connection(**connect_params(cfg.database_url, cfg.db_connect_timeout))
+    except (InterfaceError, OSError, DatabaseError) as exc:
+        log.warning("postgres connection failed", extra={"error": type(exc).__name__})
+        raise errors.DependencyUnavailable("the database is unavailable") from exc
+    # Statement timeout keeps a stuck query from holding a worker thread forever.
+    conn.run("SET statement_timeout = 15000")
+    return conn
+
+
+class _Local(threading.local):
+    conn: pg8000.native.Connection | None = None
+    url: str | None = None
+    depth: int = 0
+
+
+_local = _Local()
+
+
+def connection(config: Config | None = None) -> pg8000.native.Connection:
+    """This thread's connection, opened on first use (and after a failure dropped it)."""
+    cfg = config or get_config()
+    if _local.conn is None or _local.url != cfg.database_url:
+        close_connection()
+        _local.conn = open_connection(cfg)
+        _local.url = cfg.database_url
+    return _local.conn
+
+
+def close_connection() -> None:
+    """Close and forget this thread's connection."""
+    conn, _local.conn, _local.depth = _local.conn, None, 0
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - already broken; nothing to report
+            pass
+
+
+def sqlstate(exc: DatabaseError) -> str:
+    """The SQLSTATE code of a pg8000 DatabaseError ('' when unknown)."""
+    info = exc.args[0] if exc.args else None
+    return info.get("C", "") if isinstance(info, dict) else ""
+
+
+def constraint(exc: DatabaseError) -> str:
+    """The constraint name a violation refers to ('' when unknown)."""
+    info = exc.args[0] if exc.args else None
+    return info.get("n", "") if isinstance(info, dict) else ""
+
+
+def translate(exc: Exception) -> errors.MinitwitterError:
+    """Map a driver exception to a domain error; never leaks SQL text to clients."""
+    if isinstance(exc, DatabaseError):
+        code = sqlstate(exc)
+        if code == UNIQUE_VIOLATION:
+            return errors.Conflict("already exists", {"constraint": constraint(exc)})
+        if code == FOREIGN_KEY_VIOLATION:
+            return errors.NotFound("a referenced resource does not exist")
+        if code in (CHECK_VIOLATION, NOT_NULL_VIOLATION):
+            return errors.ValidationFailed(details={"constraint": constraint(exc)})
+        if code.startswith(CONNECTION_STATES) or code in CONNECTION_STATES:
+            return errors.DependencyUnavailable("the database is unavailable")
+        log.error("database error", extra={"sqlstate": code})
+        return errors.MinitwitterError()
+    return errors.DependencyUnavailable("the database is unavailable")
+
+
+def _is_connection_failure(exc: Exception) -> bool:
+    if isinstance(exc, (InterfaceError, OSError)):
+        return True
+    return isinstance(exc, DatabaseError) and (
+        sqlstate(exc).startswith("08") or sqlstate(exc) in CONNECTION_STATES
+    )
+
+
+def run(sql: str, **params: Any) -> list[Row]:
+    """Run one statement on this thread's connection and return its rows.
+
+    Outside a transaction a broken connection is rebuilt and the statement retried once, so a
+    PostgreSQL restart costs one failed attempt, not a dead worker thread.
+    """
+    attempts = 2 if _local.depth == 0 else 1
+    for attempt in range(attempts):
+        conn = connection()
+        try:
+            return conn.run(sql, **params) or []
+        except Exception as exc:  # noqa: BLE001 - translated below
+            if _is_connection_failure(exc):
+                close_connection()
+                if attempt + 1 < attempts:
+                    continue
+            elif _local.depth == 0 and isinstance(exc, DatabaseError):
+                _rollback_quietly(conn)
+            raise translate(exc) from exc
+    raise errors.DependencyUnavailable("the database is unavailable")  # pragma: no cover
+
+
+def one(sql: str, **params: Any) -> Row | None:
+    """First row of a statement, or None."""
+    rows = run(sql, **params)
+    return rows[0] if rows else None
+
+
+def scalar(sql: str, **params: Any) -> Any:
+    """First column of the first row, or None."""
+    row = one(sql, **params)
+    return row[0] if row else None
+
+
+def _rollback_quietly(conn: pg8000.native.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.run("ROLLBACK")
+    except Exception:  # noqa: BLE001
+        close_connection()
+
+
+@contextmanager
+def transaction() -> Iterator[pg8000.native.Connection]:
+    """``with transaction():`` groups :func:`run` calls atomically (nesting is flattened)."""
+    if _local.depth > 0:
+        _local.depth += 1
+        try:
+            yield connection()
+        finally:
+            _local.depth -= 1
+        return
+    conn = connection()
+    try:
+        conn.run("BEGIN")
+    except Exception as exc:  # noqa: BLE001
+        close_connection()
+        try:
+            conn = connection()
+            conn.run("BEGIN")
+        except Exception as exc2:  # noqa: BLE001
+            raise translate(exc2) from exc
+    _local.depth = 1
+    try:
+        yield conn
+        conn.run("COMMIT")
+    except BaseException as exc:
+        _local.depth = 0
+        if _is_connection_failure(exc) if isinstance(exc, Exception) else False:
+            close_connection()
+        else:
+            _rollback_quietly(conn)
+        if isinstance(exc, (DatabaseError, InterfaceError, OSError)):
+            raise translate(exc) from exc
+        raise
+    finally:
+        _local.depth = 0
+
+
+def ping() -> bool:
+    """True when PostgreSQL answers a trivial query."""
+    try:
+        return scalar("SELECT 1") == 1
+    except errors.MinitwitterError:
+        return False

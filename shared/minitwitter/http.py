@@ -1,0 +1,171 @@
+"""The HTTP boundary shared by every function: parsing, responses, and the one error mapping.
+
+A handler is ``handle(request: flask.Request)``. Decorated with :func:`endpoint`, it gets the
+method check (405 + ``Allow``), the call id, one JSON log line, metrics and the mapping of
+:mod:`errors` to ``{"error", "details"}`` bodies. Nothing else in the library knows HTTP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache, wraps
+from typing import Any
+
+import flask
+import orjson
+
+from . import errors, logs, metrics
+from .config import get_config
+
+log = logging.getLogger("minitwitter.request")
+
+JSON = "application/json"
+Handler = Callable[[flask.Request], flask.Response]
+
+
+def dumps(body: Any) -> bytes:
+    """Serialise a response body (orjson: fast, strict UTF-8, no NaN)."""
+    return orjson.dumps(body)
+
+
+def respond(status: int, body: Any = None, headers: Mapping[str, str] | None = None) -> flask.Response:
+    """A JSON response; ``body=None`` gives an empty body (204)."""
+    data = b"" if body is None else dumps(body)
+    response = flask.Response(data, status=status, mimetype=JSON if body is not None else None)
+    if headers:
+        for key, value in headers.items():
+            response.headers[key] = value
+    return response
+
+
+def error_response(exc: errors.MinitwitterError) -> flask.Response:
+    """The one place where domain errors become HTTP responses."""
+    body: dict[str, Any] = {"error": exc.message, "details": exc.details}
+    headers: dict[str, str] = {}
+    if isinstance(exc, errors.MethodNotAllowed):
+        headers["Allow"] = ", ".join(exc.allowed)
+    if isinstance(exc, errors.RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+        headers["X-RateLimit-Limit"] = str(exc.limit)
+        headers["X-RateLimit-Remaining"] = "0"
+        headers["X-RateLimit-Reset"] = str(exc.reset_at)
+    if isinstance(exc, errors.Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="minitwitter"'
+    if isinstance(exc, errors.DependencyUnavailable):
+        headers["Retry-After"] = "5"
+    return respond(exc.status, body, headers)
+
+
+def call_id(request: flask.Request) -> str:
+    """The OpenFaaS call id of this request (generated when the caller sent none)."""
+    value = request.headers.get("X-Call-Id", "").strip()
+    return value[:128] if value else str(uuid.uuid4())
+
+
+def read_body(request: flask.Request, limit: int | None = None) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes (413) without reading it all."""
+    max_bytes = limit if limit is not None else get_config().max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
+        raise errors.PayloadTooLarge(details={"max_bytes": max_bytes})
+    data = request.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise errors.PayloadTooLarge(details={"max_bytes": max_bytes})
+    return data
+
+
+def parse_json(request: flask.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object; 400 when it is not one, 413 when it is too large."""
+    data = read_body(request)
+    if not data.strip():
+        if allow_empty:
+            return {}
+        raise errors.BadRequest("a JSON object body is required")
+    ctype = request.mimetype
+    if ctype and ctype not in (JSON, "text/plain") and not ctype.endswith("+json"):
+        raise errors.BadRequest("body must be JSON", {"content_type": ctype})
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise errors.BadRequest("malformed JSON", {"position": exc.pos}) from None
+    if not isinstance(value, dict):
+        raise errors.BadRequest("the JSON body must be an object")
+    return value
+
+
+def path_parts(request: flask.Request) -> list[str]:
+    """Path segments after ``/function/<name>`` (the gateway strips the prefix)."""
+    return [p for p in request.path.split("/") if p]
+
+
+@lru_cache(maxsize=16)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def client_ip(request: flask.Request) -> str:
+    """The caller's address: ``X-Forwarded-For`` is believed only from a trusted proxy.
+
+    Walks the forwarded chain from the right, skipping trusted proxies, so a client cannot
+    forge its address by sending its own ``X-Forwarded-For``.
+    """
+    peer = request.remote_addr or "0.0.0.0"
+    trusted = _networks(get_config().trusted_proxies)
+
+    def is_trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted)
+
+    if not is_trusted(peer):
+        return peer
+    forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+    for addr in reversed(forwarded):
+        if not is_trusted(addr):
+            try:
+                return str(ipaddress.ip_address(addr))
+            except ValueError:
+                return peer
+    return forwarded[0] if forwarded else peer
+
+
+def endpoint(name: str, methods: Iterable[str]) -> Callable[[Handler], Handler]:
+    """Wrap a handler with the method check, error mapping, call-id logging and metrics."""
+    allowed = tuple(sorted({m.upper() for m in methods}))
+
+    def decorate(handler: Handler) -> Handler:
+        @wraps(handler)
+        def handle(request: flask.Request) -> flask.Response:
+            started = time.perf_counter()
+            cid = call_id(request)
+            with logs.context(function=name, call_id=cid):
+                try:
+                    if request.method not in allowed:
+                        raise errors.MethodNotAllowed(allowed)
+                    response = handler(request)
+                except errors.MinitwitterError as exc:
+                    response = error_response(exc)
+                except Exception:  # noqa: BLE001 - the boundary: never leak a traceback
+                    log.exception("unhandled error")
+                    response = error_response(errors.MinitwitterError())
+                duration = time.perf_counter() - started
+                response.headers.setdefault("X-Call-Id", cid)
+                metrics.FUNCTION_REQUESTS.labels(name, request.method, str(response.status_code)).inc()
+                metrics.FUNCTION_SECONDS.labels(name).observe(duration)
+                log.info(
+                    "request",
+                    extra={"method": request.method, "path": request.path,
+                           "status": response.status_code,
+                           "duration_ms": round(duration * 1000, 3)},
+                )
+                return response
+
+        return handle
+
+    return decorate

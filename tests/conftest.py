@@ -1,0 +1,238 @@
+"""Test harness: real PostgreSQL and Redis, a private database and Redis DB index per run.
+
+Stores: ``MT_TEST_PG`` (a server URL) or the machine's 127.0.0.1:5432, else an embedded
+PostgreSQL; ``MT_TEST_REDIS`` (a server URL) or 127.0.0.1:6379, else an embedded Redis. The
+database is ``MT_TEST_DB`` (default ``minitwitter_test``), recreated each session; the Redis DB
+index is ``MT_TEST_REDIS_DB`` (default 13), flushed around every test. Parallel runs on one
+machine must set different values.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pg8000.native
+import pytest
+
+from gateway import embedded
+from minitwitter import cache, db, migrate
+from minitwitter.config import REPO_ROOT, ensure_dev_secrets, load_config, set_config
+
+DB_NAME = os.environ.get("MT_TEST_DB", "minitwitter_test")
+REDIS_DB = int(os.environ.get("MT_TEST_REDIS_DB", "13"))
+#: Tables emptied before every test (gateway_functions is managed by the gateway tests).
+DATA_TABLES = ("users", "posts", "comments", "likes", "follows", "idempotency_keys",
+               "callback_deliveries", "sentiment_callbacks", "logs")
+
+
+def _server_urls(tmp: Path) -> tuple[str, str, list[Any]]:
+    started: list[Any] = []
+    pg = os.environ.get("MT_TEST_PG")
+    if not pg:
+        if embedded.port_open("127.0.0.1", 5432):
+            pg = "postgresql://postgres@127.0.0.1:5432/postgres"
+        else:
+            server = embedded.start_postgres(tmp / "pg")
+            started.append(server)
+            pg = server.url
+    rd = os.environ.get("MT_TEST_REDIS")
+    if not rd:
+        if embedded.port_open("127.0.0.1", 6379):
+            rd = "redis://127.0.0.1:6379/0"
+        else:
+            server = embedded.start_redis(tmp / "redis")
+            started.append(server)
+            rd = server.url
+    return pg, rd, started
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Database and Redis URLs of this test session (database freshly created and migrated)."""
+    tmp = tmp_path_factory.mktemp("stores")
+    pg, rd, started = _server_urls(tmp)
+    params = db.connect_params(pg)
+    admin = pg8000.native.Connection(**{**params, "database": "postgres"})
+    admin.run(f"DROP DATABASE IF EXISTS {pg8000.native.identifier(DB_NAME)} WITH (FORCE)")
+    admin.run(f"CREATE DATABASE {pg8000.native.identifier(DB_NAME)}")
+    admin.close()
+    database_url = pg.rsplit("/", 1)[0] + "/" + DB_NAME
+    redis_url = rd.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    secrets_dir = ensure_dev_secrets(tmp / "secrets")
+    urls = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRETS_DIR": str(secrets_dir)}
+    set_config(load_config(urls))
+    migrate.migrate()
+    db.close_connection()
+    yield urls
+    for server in started:
+        server.stop()
+
+
+def base_env(stores: dict[str, str], **extra: str) -> dict[str, str]:
+    """Environment for processes the tests start (gateway, workers) and for load_config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
+    env.update(stores)
+    env.update({
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)]),
+        "LOG_LEVEL": "INFO",
+        "RATE_LIMIT_ENABLED": "false",
+        "CALLBACK_ALLOW_HOSTS": "127.0.0.1,localhost,::1",
+        "SENTIMENT_BACKEND": "vader",
+        "OLLAMA_HOST": "http://127.0.0.1:9",
+    })
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def config(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh process config per test (tests needing none of the stores skip it)."""
+    if "no_stores" in request.keywords:
+        yield None
+        return
+    stores = request.getfixturevalue("stores")
+    env = base_env(stores)
+    for key in ("DATABASE_URL", "REDIS_URL", "SECRETS_DIR", "RATE_LIMIT_ENABLED",
+                "CALLBACK_ALLOW_HOSTS", "SENTIMENT_BACKEND", "OLLAMA_HOST"):
+        monkeypatch.setenv(key, env[key])
+    cfg = load_config(env)
+    set_config(cfg)
+    cache.reset()
+    db.close_connection()
+    db.run("TRUNCATE " + ", ".join(DATA_TABLES) + " RESTART IDENTITY CASCADE")
+    cache.client().flushdb()
+    yield cfg
+    db.close_connection()
+    cache.reset()
+    set_config(None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "no_stores: the test needs neither PostgreSQL nor Redis")
+
+
+# --- processes ------------------------------------------------------------------------------
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url`` answers (any status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+class Gateway:
+    """A real gateway (gunicorn) subprocess."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = embedded.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**env, "GATEWAY_PORT": str(self.port), "GATEWAY_BIND": "127.0.0.1",
+                    "GATEWAY_URL": self.url}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Gateway:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
+             "gateway.wsgi:app"], env=self.env, cwd=REPO_ROOT, stdout=log, stderr=log)
+        wait_http(self.url + "/healthz", proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def auth(self) -> tuple[str, str]:
+        secrets = Path(self.env["SECRETS_DIR"])
+        return ((secrets / "basic-auth-user").read_text().strip(),
+                (secrets / "basic-auth-password").read_text().strip())
+
+
+class Workers:
+    """Real RQ worker processes (``python -m gateway.worker``)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Workers:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=self.env,
+                                     cwd=REPO_ROOT, stdout=log, stderr=log)
+        return self
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc and self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def start_gateway(stores: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Factory: start a gateway subprocess with extra env; all are stopped after the test."""
+    running: list[Gateway] = []
+
+    def start(**extra: str) -> Gateway:
+        if not running:
+            db.run("DELETE FROM gateway_functions")  # each test starts from its own stack file
+        gw = Gateway(base_env(stores, **extra), tmp_path / f"gateway-{len(running)}.log").start()
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        gw.stop()
+
+
+@pytest.fixture
+def start_workers(stores: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Factory: start queue-worker processes with extra env; all are stopped after the test."""
+    running: list[Workers] = []
+
+    def start(**extra: str) -> Workers:
+        workers = Workers(base_env(stores, **extra), tmp_path / f"workers-{len(running)}.log").start()
+        running.append(workers)
+        return workers
+
+    yield start
+    for workers in running:
+        workers.stop()
+
+
+def eventually(check: Any, timeout: float = 15.0, interval: float = 0.1) -> Any:
+    """Poll ``check()`` until it returns a truthy value (bounded); return that value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
