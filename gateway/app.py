@@ -18,6 +18,7 @@ import concurrent.futures
 import contextvars
 import hmac
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import queue_worker
 from .registry import Hosted, Registry
+from .worker import queue_names
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -63,12 +65,24 @@ class Gateway:
     def __init__(self, config: Config, registry: Registry | None = None) -> None:
         self.config = config
         self.registry = registry or Registry(config)
+        self.instance = f"{socket.gethostname()}:{config.gateway_port}"
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(4, config.gateway_threads * 2), thread_name_prefix="fn")
         metrics.add_scrape_collector(self._service_counts)
+        # Queue depth/age and the sentiment backlog, read from Redis and PostgreSQL per scrape.
+        metrics.register_backlog_collectors(queue_names(config))
 
     # -- WSGI -------------------------------------------------------------------------------
     def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
+        # Which replica answered (host:port): behind nginx this shows the load balancing at work.
+        instance = ("X-Gateway-Instance", self.instance)
+
+        def start_response_tagged(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, instance], exc_info)
+
+        return self.route(environ, start_response_tagged)
+
+    def route(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         if path.startswith("/function/"):
             return self.invoke(environ, start_response, path[len("/function/"):])
@@ -136,6 +150,11 @@ class Gateway:
         code = status.split(" ", 1)[0]
         metrics.GATEWAY_INVOCATIONS.labels(function_name, code).inc()
         metrics.GATEWAY_SECONDS.labels(function_name, code).observe(duration)
+        if self.config.gateway_access_log:
+            with logs.context(function=name, call_id=call_id):
+                log.info("invocation", extra={"method": environ.get("REQUEST_METHOD"),
+                                              "path": sub_path, "status": int(code),
+                                              "duration_ms": round(duration * 1000, 3)})
         headers = [h for h in headers if h[0].lower() != "x-duration-seconds"]
         headers.append(("X-Duration-Seconds", f"{duration:.6f}"))
         start_response(status, headers + extra_headers)

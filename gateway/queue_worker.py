@@ -38,8 +38,7 @@ def enqueue_invocation(message: dict[str, Any], config: Config) -> None:
     """Store an async invocation; raises DependencyUnavailable when Redis cannot take it."""
     try:
         queue(config.async_queue, config).enqueue(
-            run_invocation, message, job_id=f"invoke:{message['CallId']}:{time.time_ns()}",
-            result_ttl=600, failure_ttl=86400, description=f"async {message['Function']}")
+            run_invocation, message, result_ttl=600, failure_ttl=86400, description=f"async {message['Function']}")
     except (redis.RedisError, OSError) as exc:
         cache.mark_down(exc)
         raise errors.DependencyUnavailable("the queue is unavailable") from exc

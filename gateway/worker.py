@@ -13,8 +13,10 @@ import signal
 import sys
 
 from minitwitter import cache, logs
-from minitwitter.config import get_config
+from minitwitter.config import Config, get_config
 from rq import SimpleWorker
+
+from . import observability
 
 log = logging.getLogger("minitwitter.worker")
 
@@ -22,8 +24,8 @@ log = logging.getLogger("minitwitter.worker")
 QUEUES = ("faas-request", "sentiment", "callbacks", "default")
 
 
-def queue_names() -> list[str]:
-    cfg = get_config()
+def queue_names(config: Config | None = None) -> list[str]:
+    cfg = config or get_config()
     return [cfg.async_queue if q == "faas-request" else q for q in QUEUES]
 
 
@@ -42,14 +44,21 @@ def run_worker(burst: bool = False) -> None:
 
 
 def main() -> None:
-    count = max(1, get_config().worker_count)
+    cfg = get_config()
+    observability.check_worker_settings(cfg)
+    count = max(1, cfg.worker_count)
     if count == 1:
+        logs.configure_logging("worker")
+        observability.start_worker_services(cfg)
         run_worker()
         return
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=run_worker, name=f"worker-{i}") for i in range(count)]
     for proc in procs:
         proc.start()
+    # Threads only after the fork: metrics endpoint and log pruning live in this parent.
+    logs.configure_logging("worker-supervisor")
+    observability.start_worker_services(cfg)
 
     def stop(signum: int, _frame: object) -> None:
         for proc in procs:

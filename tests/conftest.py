@@ -144,6 +144,10 @@ class Gateway:
                     "GATEWAY_URL": self.url}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        if "PROMETHEUS_MULTIPROC_DIR" not in self.env:
+            prom = log_path.with_suffix(".prom")
+            prom.mkdir(exist_ok=True)
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
 
     def start(self) -> Gateway:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
@@ -236,3 +240,11 @@ def eventually(check: Any, timeout: float = 15.0, interval: float = 0.1) -> Any:
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@pytest.fixture
+def api() -> Any:
+    """An :class:`tests.api.Api` for calling functions in-process."""
+    from tests.api import Api
+
+    return Api()

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPENFAAS_SECRETS_DIR = Path("/var/openfaas/secrets")
@@ -26,6 +27,9 @@ SECRET_NAMES: dict[str, str] = {
     "callback-signing-key": "HMAC key signing sentiment callbacks",
     "basic-auth-user": "gateway /system/* basic-auth user (OpenFaaS name)",
     "basic-auth-password": "gateway /system/* basic-auth password (OpenFaaS name)",
+    "postgres-password": "PostgreSQL password (compose/Kubernetes; see DATABASE_PASSWORD_SECRET)",
+    "redis-password": "Redis password (compose/Kubernetes; see REDIS_PASSWORD_SECRET)",
+    "grafana-admin-password": "Grafana admin password (compose)",
 }
 
 
@@ -73,13 +77,35 @@ def read_secret(secrets_dir: Path, name: str) -> str | None:
         return None
 
 
+def with_password(url: str, secrets_dir: Path, secret_name: str) -> str:
+    """``url`` with the content of secret file ``secret_name`` as its password.
+
+    Only when ``secret_name`` is set and the URL carries no password of its own: compose and
+    Kubernetes name the secret (``DATABASE_PASSWORD_SECRET=postgres-password``,
+    ``REDIS_PASSWORD_SECRET=redis-password``) so the password never sits in an environment
+    variable. Opt-in, because the development secrets folder holds these files too while the
+    local PostgreSQL/Redis usually run without a password.
+    """
+    if not secret_name:
+        return url
+    parts = urlsplit(url)
+    if parts.password:
+        return url
+    password = read_secret(secrets_dir, secret_name)
+    if not password:
+        raise ValueError(f"secret file {secrets_dir / secret_name} is missing or empty")
+    userinfo = quote(unquote(parts.username or ""), safe="") + ":" + quote(password, safe="")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc.rpartition('@')[2]}"))
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of the service. Build it with :func:`load_config`."""
 
     # stores
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/minitwitter"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # repr=False: a password from DATABASE_PASSWORD_SECRET / REDIS_PASSWORD_SECRET may be inside
+    database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/minitwitter", repr=False)
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     db_connect_timeout: float = 5.0
     redis_timeout: float = 1.0
     # gateway
@@ -92,6 +118,7 @@ class Config:
     stack_file: str = str(REPO_ROOT / "stack.yml")
     gateway_basic_auth: bool = True
     gateway_state_ttl: float = 1.0
+    gateway_access_log: bool = True
     # requests
     max_body_bytes: int = 64 * 1024
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
@@ -109,6 +136,8 @@ class Config:
     worker_count: int = 2
     async_queue: str = "faas-request"
     async_callback_attempts: int = 5
+    worker_metrics_port: int = 0  # 0: no metrics endpoint on the worker
+    worker_metrics_bind: str = "0.0.0.0"
     # sentiment
     sentiment_backend: str = "auto"
     sentiment_fallback: str = "none"
@@ -123,6 +152,10 @@ class Config:
     sentiment_max_attempts: int = 5
     sentiment_pending_grace: int = 60
     reconcile_interval: int = 30
+    ollama_check_interval: float = 30.0
+    sentiment_retry_base: float = 2.0
+    sentiment_retry_max: float = 3600.0
+    callback_retry_base: float = 1.0
     # callbacks
     callback_allow_hosts: tuple[str, ...] = ()
     callback_timeout: float = 5.0
@@ -133,6 +166,7 @@ class Config:
     log_to_db: bool = True
     log_buffer_size: int = 10000
     log_retention_days: int = 30
+    log_prune_interval: float = 3600.0
     # secrets (from files)
     secrets_dir: Path = OPENFAAS_SECRETS_DIR
     jwt_secret: str = field(default="", repr=False)
@@ -168,8 +202,10 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         raise ValueError(f"SENTIMENT_FALLBACK must be none or vader, got {fallback!r}")
     port = _int(env, "GATEWAY_PORT", d.gateway_port)
     return Config(
-        database_url=env.get("DATABASE_URL", "").strip() or d.database_url,
-        redis_url=env.get("REDIS_URL", "").strip() or d.redis_url,
+        database_url=with_password(env.get("DATABASE_URL", "").strip() or d.database_url, sdir,
+                                   env.get("DATABASE_PASSWORD_SECRET", "").strip()),
+        redis_url=with_password(env.get("REDIS_URL", "").strip() or d.redis_url, sdir,
+                                env.get("REDIS_PASSWORD_SECRET", "").strip()),
         db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", d.db_connect_timeout),
         redis_timeout=_float(env, "REDIS_TIMEOUT", d.redis_timeout),
         gateway_port=port,
@@ -181,6 +217,7 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         stack_file=env.get("STACK_FILE", "").strip() or d.stack_file,
         gateway_basic_auth=_bool(env, "GATEWAY_BASIC_AUTH", d.gateway_basic_auth),
         gateway_state_ttl=_float(env, "GATEWAY_STATE_TTL", d.gateway_state_ttl),
+        gateway_access_log=_bool(env, "GATEWAY_ACCESS_LOG", d.gateway_access_log),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes),
         trusted_proxies=_list(env, "TRUSTED_PROXIES", ",".join(d.trusted_proxies)),
         jwt_ttl_seconds=_int(env, "JWT_TTL_SECONDS", d.jwt_ttl_seconds),
@@ -194,6 +231,8 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         worker_count=_int(env, "WORKER_COUNT", d.worker_count),
         async_queue=env.get("ASYNC_QUEUE", d.async_queue),
         async_callback_attempts=_int(env, "ASYNC_CALLBACK_ATTEMPTS", d.async_callback_attempts),
+        worker_metrics_port=_int(env, "WORKER_METRICS_PORT", d.worker_metrics_port),
+        worker_metrics_bind=env.get("WORKER_METRICS_BIND", "").strip() or d.worker_metrics_bind,
         sentiment_backend=backend,
         sentiment_fallback=fallback,
         ollama_host=env.get("OLLAMA_HOST", "").strip() or d.ollama_host,
@@ -207,6 +246,10 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         sentiment_max_attempts=_int(env, "SENTIMENT_MAX_ATTEMPTS", d.sentiment_max_attempts),
         sentiment_pending_grace=_int(env, "SENTIMENT_PENDING_GRACE", d.sentiment_pending_grace),
         reconcile_interval=_int(env, "RECONCILE_INTERVAL", d.reconcile_interval),
+        ollama_check_interval=_float(env, "OLLAMA_CHECK_INTERVAL", d.ollama_check_interval),
+        sentiment_retry_base=_float(env, "SENTIMENT_RETRY_BASE", d.sentiment_retry_base),
+        sentiment_retry_max=_float(env, "SENTIMENT_RETRY_MAX", d.sentiment_retry_max),
+        callback_retry_base=_float(env, "CALLBACK_RETRY_BASE", d.callback_retry_base),
         callback_allow_hosts=_list(env, "CALLBACK_ALLOW_HOSTS"),
         callback_timeout=_float(env, "CALLBACK_TIMEOUT", d.callback_timeout),
         callback_max_attempts=_int(env, "CALLBACK_MAX_ATTEMPTS", d.callback_max_attempts),
@@ -215,6 +258,7 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         log_to_db=_bool(env, "LOG_TO_DB", d.log_to_db),
         log_buffer_size=_int(env, "LOG_BUFFER_SIZE", d.log_buffer_size),
         log_retention_days=_int(env, "LOG_RETENTION_DAYS", d.log_retention_days),
+        log_prune_interval=_float(env, "LOG_PRUNE_INTERVAL", d.log_prune_interval),
         secrets_dir=sdir,
         jwt_secret=read_secret(sdir, "jwt-secret") or "",
         callback_signing_key=read_secret(sdir, "callback-signing-key") or "",

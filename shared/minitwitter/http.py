@@ -18,7 +18,7 @@ from typing import Any
 import flask
 import orjson
 
-from . import errors, logs, metrics
+from . import errors, logs, metrics, ratelimit
 from .config import get_config
 
 log = logging.getLogger("minitwitter.request")
@@ -135,8 +135,12 @@ def client_ip(request: flask.Request) -> str:
     return forwarded[0] if forwarded else peer
 
 
-def endpoint(name: str, methods: Iterable[str]) -> Callable[[Handler], Handler]:
-    """Wrap a handler with the method check, error mapping, call-id logging and metrics."""
+def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api") -> Callable[[Handler], Handler]:
+    """Wrap a handler with the method check, rate limits, error mapping, logging and metrics.
+
+    ``rate_scope`` picks the per-IP budget (``api``, or the stricter ``login``/``register``);
+    :func:`auth.require_account` adds the per-account budget once the caller is known.
+    """
     allowed = tuple(sorted({m.upper() for m in methods}))
 
     def decorate(handler: Handler) -> Handler:
@@ -144,16 +148,23 @@ def endpoint(name: str, methods: Iterable[str]) -> Callable[[Handler], Handler]:
         def handle(request: flask.Request) -> flask.Response:
             started = time.perf_counter()
             cid = call_id(request)
+            limit_token = ratelimit.current.set(None)
             with logs.context(function=name, call_id=cid):
                 try:
                     if request.method not in allowed:
                         raise errors.MethodNotAllowed(allowed)
+                    ratelimit.check_ip(rate_scope, client_ip(request))
                     response = handler(request)
                 except errors.MinitwitterError as exc:
                     response = error_response(exc)
                 except Exception:  # noqa: BLE001 - the boundary: never leak a traceback
                     log.exception("unhandled error")
                     response = error_response(errors.MinitwitterError())
+                decision = ratelimit.current.get()
+                ratelimit.current.reset(limit_token)
+                if decision is not None:
+                    for key, value in decision.headers().items():
+                        response.headers.setdefault(key, value)
                 duration = time.perf_counter() - started
                 response.headers.setdefault("X-Call-Id", cid)
                 metrics.FUNCTION_REQUESTS.labels(name, request.method, str(response.status_code)).inc()

@@ -1,0 +1,136 @@
+"""Passwords (argon2id) and access tokens (HS256 JWTs, verified on every call).
+
+A token carries the account id (``sub``) and the account's ``token_version``; changing the
+password bumps the version, which revokes every token issued before. The version is looked up
+through a short Redis cache (PostgreSQL when Redis is down) so revocation holds across processes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import argon2
+import flask
+import jwt
+
+from . import cache, db, errors, logs, ratelimit
+from .config import get_config
+
+_hasher = argon2.PasswordHasher()  # argon2id with the library's RFC 9106 parameters
+TOKEN_VERSION_TTL = 60
+#: A valid argon2id hash of a random string: verifying against it when the account does not
+#: exist keeps login timing the same for unknown usernames.
+_DUMMY_HASH = _hasher.hash(uuid.uuid4().hex)
+
+
+def hash_password(password: str) -> str:
+    """argon2id hash of ``password``."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """True when ``password`` matches; constant work whether or not the account exists."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (argon2.exceptions.VerifyMismatchError, argon2.exceptions.InvalidHashError,
+            argon2.exceptions.VerificationError):
+        return False
+
+
+def _secret() -> str:
+    secret = get_config().jwt_secret
+    if not secret:
+        raise errors.DependencyUnavailable("the server has no jwt-secret configured")
+    return secret
+
+
+def issue_token(account_id: int, token_version: int) -> dict[str, Any]:
+    """The login response body: ``{access_token, token_type, expires_in}``."""
+    cfg = get_config()
+    now = int(time.time())
+    claims = {"sub": str(account_id), "tv": token_version, "iat": now,
+              "exp": now + cfg.jwt_ttl_seconds, "iss": cfg.jwt_issuer, "jti": uuid.uuid4().hex}
+    token = jwt.encode(claims, _secret(), algorithm="HS256")
+    return {"access_token": token, "token_type": "Bearer", "expires_in": cfg.jwt_ttl_seconds}
+
+
+def decode_token(token: str) -> dict[str, Any]:
+    """Verified claims of ``token``; Unauthorized when invalid, expired or forged."""
+    cfg = get_config()
+    try:
+        return jwt.decode(token, _secret(), algorithms=["HS256"], issuer=cfg.jwt_issuer,
+                          options={"require": ["sub", "exp", "iat", "iss"]})
+    except jwt.ExpiredSignatureError:
+        raise errors.Unauthorized("token expired") from None
+    except jwt.InvalidTokenError:
+        raise errors.Unauthorized("invalid token") from None
+
+
+def token_version_key(account_id: int) -> str:
+    return f"acct:tv:{account_id}"
+
+
+def current_token_version(account_id: int) -> int | None:
+    """The account's token version (None when the account no longer exists)."""
+    cached = cache.soft(lambda r: r.get(token_version_key(account_id)), None)
+    if cached is not None:
+        return int(cached)
+    version = db.scalar("SELECT token_version FROM users WHERE id = :id", id=account_id)
+    if version is not None:
+        # NX: a reader that fetched the version just before a password change committed must not
+        # overwrite the new value the writer stored (that would revive revoked tokens for a TTL).
+        cache.soft(lambda r: r.set(token_version_key(account_id), version, ex=TOKEN_VERSION_TTL,
+                                   nx=True), None)
+    return version
+
+
+def forget_token_version(account_id: int, new_version: int | None = None) -> None:
+    """Update the cached version after it changed (password change), after the commit.
+
+    With ``new_version`` the new value is written through (overwriting), which together with the
+    readers' ``SET NX`` closes the race in which a concurrent reader re-caches the old version
+    between the commit and a plain ``DEL``; without it the key is deleted.
+    """
+    key = token_version_key(account_id)
+    if new_version is None:
+        cache.soft(lambda r: r.delete(key), None)
+    else:
+        cache.soft(lambda r: r.set(key, new_version, ex=TOKEN_VERSION_TTL), None)
+
+
+def _bearer(request: flask.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise errors.Unauthorized("Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def optional_account(request: flask.Request) -> int | None:
+    """The authenticated account id, None for an anonymous request; 401 for a bad token."""
+    token = _bearer(request)
+    if token is None:
+        return None
+    claims = decode_token(token)
+    try:
+        account_id = int(claims["sub"])
+    except (TypeError, ValueError):
+        raise errors.Unauthorized("invalid token") from None
+    version = current_token_version(account_id)
+    if version is None or version != claims.get("tv"):
+        raise errors.Unauthorized("token revoked")
+    logs.account_var.set(account_id)
+    ratelimit.check_account(account_id)
+    return account_id
+
+
+def require_account(request: flask.Request) -> int:
+    """The authenticated account id; 401 when the request carries no valid token."""
+    account_id = optional_account(request)
+    if account_id is None:
+        raise errors.Unauthorized()
+    return account_id

@@ -1,0 +1,332 @@
+"""The local gateway over real HTTP (gunicorn, 2 worker processes), PostgreSQL, Redis and RQ.
+
+Uses the fixture functions of tests/fixtures/stack.yml. Each request/response shape follows the
+OpenFaaS contract (shared/docs/openfaas-contract.md) as faas-cli and clients see it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import httpx
+import pytest
+
+from minitwitter.config import REPO_ROOT
+
+from .callback_receiver import Receiver
+from .conftest import eventually
+
+pytestmark = pytest.mark.slow
+
+FIXTURE_STACK = str(REPO_ROOT / "tests" / "fixtures" / "stack.yml")
+ECHO_DIR = str(REPO_ROOT / "tests" / "fixtures" / "functions" / "echo")
+
+
+@pytest.fixture
+def gw(start_gateway):
+    return start_gateway(STACK_FILE=FIXTURE_STACK, GATEWAY_WORKERS="2", FUNCTION_TIMEOUT="1.5",
+                         GATEWAY_STATE_TTL="0.2")
+
+
+def deployment(name: str, **extra):
+    body = {"service": name, "image": f"test/{name}:latest", "envVars": {}, "labels": {},
+            "annotations": {}}
+    body.update(extra)
+    return body
+
+
+# --- sync invoke -----------------------------------------------------------------------------
+
+def test_invoke_strips_prefix_keeps_query_and_adds_openfaas_headers(gw):
+    r = httpx.post(f"{gw.url}/function/echo/a/b?x=1&x=2&y=", content=b"hello")
+    assert r.status_code == 200
+    seen = r.json()
+    assert seen["path"] == "/a/b"
+    assert seen["args"] == {"x": ["1", "2"], "y": [""]}
+    assert seen["body"] == "hello" and seen["method"] == "POST"
+    assert re.fullmatch(r"[0-9a-f-]{36}", r.headers["X-Call-Id"])
+    assert seen["call_id"] == r.headers["X-Call-Id"]
+    assert seen["start_time"] == r.headers["X-Start-Time"] and int(r.headers["X-Start-Time"]) > 0
+    assert float(r.headers["X-Duration-Seconds"]) >= 0
+    assert r.headers["X-Echo"] == "yes"  # function headers relayed
+    assert r.headers["X-Served-By"].startswith("openfaas-ce/")
+
+
+def test_invoke_with_namespace_as_faas_cli_calls_it(gw):
+    r = httpx.put(f"{gw.url}/function/echo.openfaas-fn", content=b"x",
+                  headers={"User-Agent": "faas-cli/0.18.12 (openfaas; linux; amd64)"})
+    assert r.status_code == 200
+    assert r.json()["path"] == "/" and r.json()["method"] == "PUT"
+
+
+def test_client_call_id_passes_through_and_status_is_relayed(gw):
+    r = httpx.get(f"{gw.url}/function/echo/?status=418", headers={"X-Call-Id": "my-call-1"})
+    assert r.status_code == 418
+    assert r.json()["call_id"] == "my-call-1"
+
+
+@pytest.mark.parametrize("path", ["/function/nope", "/function/nope.openfaas-fn/x",
+                                  "/function/echo.other-namespace"])
+def test_unknown_function_or_namespace_is_404(gw, path):
+    r = httpx.get(gw.url + path)
+    assert r.status_code == 404
+    assert r.json()["error"].startswith("error finding function")
+    assert "X-Call-Id" in r.headers
+
+
+def test_slow_function_times_out_with_504(gw):
+    r = httpx.get(f"{gw.url}/function/sleepy?seconds=3", timeout=10)
+    assert r.status_code == 504
+    assert r.json()["error"] == "function timed out"
+
+
+def test_crashing_function_gets_json_500_without_internals(gw):
+    r = httpx.get(f"{gw.url}/function/crash")
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal error", "details": {}}
+    assert "secret internal detail" not in r.text and "Traceback" not in r.text
+
+
+def test_same_named_helper_modules_stay_apart(gw):
+    for _ in range(4):  # several requests so both gateway processes answer
+        assert httpx.get(f"{gw.url}/function/helper-a").json() == {"who": "helper-a"}
+        assert httpx.get(f"{gw.url}/function/helper-b").json() == {"who": "helper-b"}
+
+
+def test_unknown_route_is_404_json(gw):
+    r = httpx.get(f"{gw.url}/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+# --- health and metrics ----------------------------------------------------------------------
+
+def test_healthz_reports_stores(gw):
+    r = httpx.get(f"{gw.url}/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+
+
+def test_metrics_use_openfaas_names_and_add_up_across_processes(gw):
+    n = 12
+    with httpx.Client() as client:
+        for i in range(n):
+            # new connection each time so both gunicorn workers take requests
+            httpx.get(f"{gw.url}/function/echo?i={i}")
+        client.get(f"{gw.url}/function/echo?status=500")
+    text = httpx.get(f"{gw.url}/metrics").text
+    assert f'gateway_function_invocation_total{{code="200",function_name="echo.openfaas-fn"}} {float(n)}' in text
+    assert 'gateway_function_invocation_total{code="500",function_name="echo.openfaas-fn"} 1.0' in text
+    assert f'gateway_function_invocation_started_total{{function_name="echo.openfaas-fn"}} {float(n + 1)}' in text
+    assert re.search(r'gateway_functions_seconds_count\{code="200",function_name="echo.openfaas-fn"\} 12\.0', text)
+    assert 'gateway_service_count{function_name="echo.openfaas-fn"} 1.0' in text
+    assert 'minitwitter_function_requests_total' in text or "# TYPE" in text
+
+
+# --- async invoke ----------------------------------------------------------------------------
+
+def test_async_invocation_delivers_callback_with_openfaas_headers(gw, start_workers):
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1")
+    with Receiver() as receiver:
+        r = httpx.post(f"{gw.url}/async-function/echo/sub?q=1", content=b"payload",
+                       headers={"X-Callback-Url": receiver.url + "/done"})
+        assert r.status_code == 202 and r.content == b""
+        call_id = r.headers["X-Call-Id"]
+        eventually(lambda: receiver.received, timeout=20)
+    got = receiver.received[0]
+    body = json.loads(got["body"])
+    assert got["path"] == "/done"
+    assert body["method"] == "POST" and body["path"] == "/sub" and body["query"] == "q=1"
+    assert body["body"] == "payload" and body["call_id"] == call_id
+    assert body["user_agent"] == "openfaas-ce/nats-queue-worker"
+    assert body["callback_url"] == receiver.url + "/done"
+    headers = {k.lower(): v for k, v in got["headers"].items()}
+    assert headers["x-call-id"] == call_id
+    assert headers["x-function-name"] == "echo"
+    assert headers["x-function-status"] == "200"
+    assert float(headers["x-duration-seconds"]) >= 0
+
+
+def test_async_callback_is_retried_after_receiver_errors(gw, start_workers):
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1")
+    with Receiver(fail_first=2) as receiver:
+        r = httpx.post(f"{gw.url}/async-function/echo", content=b"x",
+                       headers={"X-Callback-Url": receiver.url})
+        assert r.status_code == 202
+        eventually(lambda: receiver.received, timeout=30)
+        assert receiver.attempts == 3
+
+
+def test_async_function_status_reaches_the_callback(gw, start_workers):
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1")
+    with Receiver() as receiver:
+        httpx.post(f"{gw.url}/async-function/echo?status=404", content=b"x",
+                   headers={"X-Callback-Url": receiver.url})
+        eventually(lambda: receiver.received, timeout=20)
+    headers = {k.lower(): v for k, v in receiver.received[0]["headers"].items()}
+    assert headers["x-function-status"] == "404"
+
+
+def test_async_callback_to_forbidden_address_is_refused(start_gateway, start_workers):
+    gw = start_gateway(STACK_FILE=FIXTURE_STACK, CALLBACK_ALLOW_HOSTS="")
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1", CALLBACK_ALLOW_HOSTS="")
+    with Receiver() as receiver:
+        r = httpx.post(f"{gw.url}/async-function/echo", content=b"x",
+                       headers={"X-Callback-Url": receiver.url})
+        assert r.status_code == 202
+        call_id = r.headers["X-Call-Id"]
+        user, password = gw.auth()
+
+        def refused_logged():
+            lines = httpx.get(f"{gw.url}/system/logs", params={"call_id": call_id},
+                              auth=(user, password)).text.splitlines()
+            return [ln for ln in lines if "callback refused" in ln]
+
+        eventually(refused_logged, timeout=20)
+        assert receiver.attempts == 0
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://x.example/", "http://"])
+def test_async_rejects_unparsable_callback_url(gw, url):
+    r = httpx.post(f"{gw.url}/async-function/echo", content=b"x", headers={"X-Callback-Url": url})
+    assert r.status_code == 400
+
+
+def test_async_only_accepts_post_and_known_functions(gw):
+    assert httpx.get(f"{gw.url}/async-function/echo").status_code == 405
+    assert httpx.post(f"{gw.url}/async-function/nope").status_code == 404
+
+
+# --- system API ------------------------------------------------------------------------------
+
+def test_system_routes_need_basic_auth(gw):
+    for method, path in [("GET", "/system/functions"), ("GET", "/system/info"),
+                         ("GET", "/system/function/echo"), ("PUT", "/system/functions"),
+                         ("GET", "/system/logs")]:
+        r = httpx.request(method, gw.url + path)
+        assert r.status_code == 401, path
+        assert r.headers["WWW-Authenticate"] == 'Basic realm="Restricted"'
+        assert r.text == "invalid credentials"
+    assert httpx.get(f"{gw.url}/system/functions", auth=("admin", "wrong")).status_code == 401
+
+
+def test_list_and_describe_functions_in_openfaas_shape(gw):
+    auth = gw.auth()
+    httpx.get(f"{gw.url}/function/echo")
+    listed = httpx.get(f"{gw.url}/system/functions", auth=auth).json()
+    names = sorted(f["name"] for f in listed)
+    assert names == ["crash", "echo", "helper-a", "helper-b", "sleepy"]
+    echo = next(f for f in listed if f["name"] == "echo")
+    assert echo["image"] == "test/echo:latest" and echo["namespace"] == "openfaas-fn"
+    assert echo["replicas"] == 1 and echo["availableReplicas"] == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", echo["createdAt"])
+    assert echo["invocationCount"] >= 1
+    one = httpx.get(f"{gw.url}/system/function/echo", auth=auth).json()
+    assert one["name"] == "echo" and "invocationCount" not in one
+    assert httpx.get(f"{gw.url}/system/function/nope", auth=auth).status_code == 404
+    assert httpx.get(f"{gw.url}/system/functions?namespace=other", auth=auth).json() == []
+    info = httpx.get(f"{gw.url}/system/info", auth=auth).json()
+    assert set(info) == {"provider", "version", "arch"}
+    assert info["provider"]["version"]["release"]
+
+
+def test_deploy_update_remove_cycle_like_faas_cli(gw):
+    auth = gw.auth()
+    # faas-cli deploy: PUT first; 404 for a new function, then POST
+    new = deployment("echo-two", annotations={"com.minitwitter.handler": ECHO_DIR},
+                     envVars={"MAX_BODY_BYTES": "1234"})
+    assert httpx.put(f"{gw.url}/system/functions", json=new, auth=auth).status_code == 404
+    assert httpx.post(f"{gw.url}/system/functions", json=new, auth=auth).status_code == 202
+    r = eventually(lambda: (x := httpx.get(f"{gw.url}/function/echo-two")).status_code == 200 and x)
+    assert r.json()["max_body_bytes"] == 1234  # envVars applied to the function
+    # update envVars with PUT; every process reloads within the state TTL
+    new["envVars"] = {"MAX_BODY_BYTES": "999"}
+    assert httpx.put(f"{gw.url}/system/functions", json=new, auth=auth).status_code == 202
+    eventually(lambda: all(httpx.get(f"{gw.url}/function/echo-two").json()["max_body_bytes"] == 999
+                           for _ in range(4)))
+    status = httpx.get(f"{gw.url}/system/function/echo-two", auth=auth).json()
+    assert status["envVars"] == {"MAX_BODY_BYTES": "999"}
+    # faas-cli remove
+    gone = httpx.request("DELETE", f"{gw.url}/system/functions", json={"functionName": "echo-two"}, auth=auth)
+    assert gone.status_code == 202
+    eventually(lambda: all(httpx.get(f"{gw.url}/function/echo-two").status_code == 404 for _ in range(4)))
+    again = httpx.request("DELETE", f"{gw.url}/system/functions", json={"functionName": "echo-two"}, auth=auth)
+    assert again.status_code == 404
+    # deploy it again
+    assert httpx.post(f"{gw.url}/system/functions", json=new, auth=auth).status_code == 202
+    eventually(lambda: httpx.get(f"{gw.url}/function/echo-two").status_code == 200)
+
+
+def test_removing_a_stack_function_takes_it_out_until_redeployed(gw):
+    auth = gw.auth()
+    assert httpx.request("DELETE", f"{gw.url}/system/functions", json={"functionName": "echo"},
+                         auth=auth).status_code == 202
+    eventually(lambda: all(httpx.get(f"{gw.url}/function/echo").status_code == 404 for _ in range(4)))
+    # PUT of a removed function is 404 (faas-cli then POSTs)
+    assert httpx.put(f"{gw.url}/system/functions", json=deployment("echo"), auth=auth).status_code == 404
+    assert httpx.post(f"{gw.url}/system/functions", json=deployment("echo"), auth=auth).status_code == 202
+    eventually(lambda: httpx.get(f"{gw.url}/function/echo").status_code == 200)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"image": "x"}, "service: is required"),
+    ({"service": "Bad_Name", "image": "x"}, "must be a valid DNS entry"),
+    ({"service": "echo"}, "image: is required"),
+    ({"service": "unknown-fn", "image": "x"}, "no handler found for function unknown-fn"),
+    ({"service": "echo", "image": "x", "labels": {"com.openfaas.scale.max": "6"}}, "at most 5"),
+    ({"service": "echo", "image": "x", "labels": {"com.openfaas.scale.zero": "true"}}, "Community Edition"),
+    ({"service": "echo", "image": "x", "annotations": {"com.minitwitter.handler": "/nonexistent"}},
+     "no handler found"),
+])
+def test_deploy_refuses_invalid_deployments_with_clear_400(gw, body, fragment):
+    r = httpx.put(f"{gw.url}/system/functions", json=body, auth=gw.auth())
+    assert r.status_code == 400
+    assert fragment in r.json()["error"]
+
+
+def test_malformed_deploy_body_is_400(gw):
+    r = httpx.put(f"{gw.url}/system/functions", content=b"{nope", auth=gw.auth())
+    assert r.status_code == 400
+
+
+def test_community_edition_function_limit(gw):
+    auth = gw.auth()
+    codes = []
+    for i in range(11):  # 5 fixture functions + 11 = 16
+        dep = deployment(f"extra-{i}", annotations={"com.minitwitter.handler": ECHO_DIR})
+        codes.append(httpx.post(f"{gw.url}/system/functions", json=dep, auth=auth).status_code)
+    assert codes[:10] == [202] * 10
+    assert codes[10] == 400
+
+
+def test_scale_function_clamps_like_ce_gateway(gw):
+    auth = gw.auth()
+    r = httpx.post(f"{gw.url}/system/scale-function/echo",
+                   json={"serviceName": "echo", "replicas": 10}, auth=auth)
+    assert r.status_code == 202
+    assert httpx.get(f"{gw.url}/system/function/echo", auth=auth).json()["replicas"] == 5
+    assert 'gateway_service_count{function_name="echo.openfaas-fn"} 5.0' in httpx.get(f"{gw.url}/metrics").text
+    assert httpx.post(f"{gw.url}/system/scale-function/echo", json={"replicas": 0},
+                      auth=auth).status_code == 400
+    assert httpx.post(f"{gw.url}/system/scale-function/nope", json={"replicas": 2},
+                      auth=auth).status_code == 404
+
+
+def test_system_logs_are_ndjson_in_openfaas_shape(gw):
+    call_id = f"logs-{uuid.uuid4()}"
+    httpx.get(f"{gw.url}/function/echo", headers={"X-Call-Id": call_id})
+
+    def lines():
+        r = httpx.get(f"{gw.url}/system/logs", params={"name": "echo", "tail": "50"}, auth=gw.auth())
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(x) for x in r.text.splitlines() if x]
+
+    found = eventually(lambda: [ln for ln in lines() if call_id in ln["text"]])
+    entry = found[0]
+    assert set(entry) == {"name", "namespace", "instance", "timestamp", "text"}
+    assert entry["name"] == "echo" and entry["namespace"] == "openfaas-fn"
+    assert entry["timestamp"].endswith("Z")
+    assert json.loads(entry["text"])["call_id"] == call_id
+    bad = httpx.get(f"{gw.url}/system/logs", params={"since": "yesterday"}, auth=gw.auth())
+    assert bad.status_code == 400
