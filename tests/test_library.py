@@ -1,0 +1,212 @@
+"""The shared library core: config, db, migrations, HTTP boundary, network guard."""
+
+from __future__ import annotations
+
+import ipaddress
+import multiprocessing
+import os
+from pathlib import Path
+
+import flask
+import pg8000.native
+import pytest
+
+from minitwitter import db, errors, migrate, netguard
+from minitwitter.config import SECRET_NAMES, ensure_dev_secrets, load_config, set_config
+from minitwitter.http import client_ip, endpoint, parse_json, respond
+
+
+# --- config ----------------------------------------------------------------------------------
+
+@pytest.mark.no_stores
+def test_config_reads_env_for_settings_and_files_for_secrets(tmp_path: Path):
+    (tmp_path / "jwt-secret").write_text("s3cret\n")
+    (tmp_path / "basic-auth-password").write_text("  pw  ")
+    cfg = load_config({"GATEWAY_PORT": "9999", "JWT_SECRET": "from-env-is-ignored",
+                       "RATE_LIMIT_ENABLED": "no", "CALLBACK_ALLOW_HOSTS": "a.example, 10.0.0.0/8"},
+                      secrets_dir=tmp_path)
+    assert cfg.gateway_port == 9999 and cfg.gateway_url == "http://127.0.0.1:9999"
+    assert cfg.jwt_secret == "s3cret" and cfg.basic_auth_password == "pw"
+    assert cfg.basic_auth_user == "admin"  # default when the file is absent
+    assert cfg.rate_limit_enabled is False
+    assert cfg.callback_allow_hosts == ("a.example", "10.0.0.0/8")
+    assert "s3cret" not in repr(cfg)
+
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("env, fragment", [
+    ({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT must be an integer"),
+    ({"SENTIMENT_BACKEND": "gpt"}, "SENTIMENT_BACKEND"),
+    ({"RATE_LIMIT_ENABLED": "maybe"}, "RATE_LIMIT_ENABLED"),
+    ({"FUNCTION_TIMEOUT": "soon"}, "FUNCTION_TIMEOUT"),
+])
+def test_config_rejects_bad_values_clearly(tmp_path: Path, env, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        load_config(env, secrets_dir=tmp_path)
+
+
+@pytest.mark.no_stores
+def test_dev_secrets_are_generated_once_and_private(tmp_path: Path):
+    ensure_dev_secrets(tmp_path)
+    first = {n: (tmp_path / n).read_text() for n in SECRET_NAMES}
+    ensure_dev_secrets(tmp_path)
+    assert first == {n: (tmp_path / n).read_text() for n in SECRET_NAMES}
+    assert oct((tmp_path / "jwt-secret").stat().st_mode & 0o777) == "0o600"
+    assert len(first["jwt-secret"].strip()) >= 32
+
+
+# --- database --------------------------------------------------------------------------------
+
+def test_db_binds_parameters_and_translates_constraint_errors():
+    hostile = "x'); DROP TABLE users; --"
+    assert db.scalar("SELECT :v::text", v=hostile) == hostile
+    db.run("INSERT INTO users (username, password_hash) VALUES ('alice', 'h')")
+    with pytest.raises(errors.Conflict) as taken:
+        db.run("INSERT INTO users (username, password_hash) VALUES ('alice', 'h')")
+    assert taken.value.details == {"constraint": "users_username_lower_key"}
+    with pytest.raises(errors.NotFound):
+        db.run("INSERT INTO posts (author_id, content) VALUES (999999, 'x')")
+    with pytest.raises(errors.ValidationFailed):
+        db.run("INSERT INTO users (username, password_hash) VALUES ('NO SPACES', 'h')")
+
+
+def test_transaction_rolls_back_on_error_and_connection_survives():
+    with pytest.raises(errors.Conflict):
+        with db.transaction():
+            db.run("INSERT INTO users (username, password_hash) VALUES ('bob', 'h')")
+            db.run("INSERT INTO users (username, password_hash) VALUES ('bob', 'h')")
+    assert db.scalar("SELECT count(*) FROM users") == 0
+    assert db.scalar("SELECT 1") == 1
+
+
+def test_broken_connection_is_rebuilt_on_next_statement():
+    conn = db.connection()
+    pid = db.scalar("SELECT pg_backend_pid()")
+    admin = pg8000.native.Connection(**db.connect_params(load_config().database_url))
+    admin.run("SELECT pg_terminate_backend(:p)", p=pid)
+    admin.close()
+    assert db.scalar("SELECT 42") == 42  # retried once on a fresh connection
+    assert db.connection() is not conn
+
+
+def test_unreachable_database_is_dependency_unavailable(config):
+    set_config(config.with_overrides(database_url="postgresql://postgres@127.0.0.1:1/none",
+                                     db_connect_timeout=1.0))
+    db.close_connection()
+    with pytest.raises(errors.DependencyUnavailable) as exc:
+        db.run("SELECT 1")
+    assert "127.0.0.1" not in exc.value.message
+
+
+def _migrate_in_child(url: str, secrets: str, queue) -> None:  # noqa: ANN001
+    set_config(load_config({"DATABASE_URL": url, "SECRETS_DIR": secrets}))
+    try:
+        queue.put(migrate.migrate())
+    except Exception as exc:  # noqa: BLE001
+        queue.put(repr(exc))
+
+
+def test_migrations_racing_from_two_processes_apply_once(stores):
+    name = f"{os.environ.get('MT_TEST_DB', 'minitwitter_test')}_race"
+    admin = pg8000.native.Connection(**{**db.connect_params(stores["DATABASE_URL"]), "database": "postgres"})
+    admin.run(f"DROP DATABASE IF EXISTS {pg8000.native.identifier(name)} WITH (FORCE)")
+    admin.run(f"CREATE DATABASE {pg8000.native.identifier(name)}")
+    url = stores["DATABASE_URL"].rsplit("/", 1)[0] + "/" + name
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_migrate_in_child, args=(url, stores["SECRETS_DIR"], results))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    all_versions = [v for _, _, _ in migrate.available() for v in [_]]
+    assert all(isinstance(o, list) for o in outcomes), outcomes
+    assert sorted(outcomes[0] + outcomes[1]) == sorted(v for v, _, _ in migrate.available())
+    check = pg8000.native.Connection(**{**db.connect_params(url)})
+    assert check.run("SELECT count(*) FROM schema_migrations")[0][0] == len(all_versions)
+    check.close()
+    admin.run(f"DROP DATABASE {pg8000.native.identifier(name)} WITH (FORCE)")
+    admin.close()
+
+
+def test_migrate_is_idempotent():
+    assert migrate.migrate() == []
+
+
+# --- HTTP boundary ---------------------------------------------------------------------------
+
+@endpoint("probe", ["POST"])
+def _probe(request: flask.Request) -> flask.Response:
+    body = parse_json(request)
+    if body.get("boom"):
+        raise RuntimeError("SELECT secret FROM internals")
+    return respond(200, {"ok": True, "ip": client_ip(request)})
+
+
+def _call(method="POST", data=b"{}", headers=None, remote="127.0.0.1"):
+    app = flask.Flask("probe")
+    with app.test_request_context("/", method=method, data=data, headers=headers or {},
+                                  content_type="application/json",
+                                  environ_base={"REMOTE_ADDR": remote}):
+        return _probe(flask.request)
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"{not json", 400), (b"[1, 2]", 400), (b"", 400), (b'"text"', 400), (b"{}", 200),
+])
+def test_parse_json_errors_are_400_with_json_body(data, status):
+    r = _call(data=data)
+    assert r.status_code == status
+    if status == 400:
+        assert set(r.get_json()) == {"error", "details"}
+
+
+def test_oversized_body_is_413(config):
+    set_config(config.with_overrides(max_body_bytes=10))
+    r = _call(data=b'{"a": "0123456789"}')
+    assert r.status_code == 413 and r.get_json()["details"] == {"max_bytes": 10}
+
+
+def test_wrong_method_is_405_with_allow_header():
+    r = _call(method="GET")
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+
+
+def test_unexpected_exception_is_a_generic_500():
+    r = _call(data=b'{"boom": true}')
+    assert r.status_code == 500
+    assert r.get_json() == {"error": "internal error", "details": {}}
+
+
+@pytest.mark.parametrize("remote, xff, expected", [
+    ("203.0.113.9", "1.2.3.4", "203.0.113.9"),          # untrusted peer: header ignored
+    ("127.0.0.1", "198.51.100.7", "198.51.100.7"),      # trusted proxy: header believed
+    ("127.0.0.1", "6.6.6.6, 198.51.100.7", "198.51.100.7"),  # client-forged left part ignored
+    ("127.0.0.1", "", "127.0.0.1"),
+])
+def test_client_ip_trusts_forwarded_for_only_from_trusted_proxies(remote, xff, expected):
+    headers = {"X-Forwarded-For": xff} if xff else {}
+    assert _call(headers=headers, remote=remote).get_json()["ip"] == expected
+
+
+# --- network guard ---------------------------------------------------------------------------
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1/cb", "http://localhost:8080/", "http://10.1.2.3/", "http://192.168.0.1/",
+    "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://0.0.0.0/",
+    "ftp://example.com/", "http://user:pw@example.com/", "not a url",
+])
+def test_callback_guard_refuses_private_and_malformed_urls(url):
+    with pytest.raises(netguard.CallbackRefused):
+        netguard.resolve(url, ())
+
+
+@pytest.mark.no_stores
+def test_callback_guard_allow_list_by_host_and_cidr():
+    assert netguard.resolve("http://127.0.0.1:9/x", ("127.0.0.1",)).address == "127.0.0.1"
+    assert netguard.resolve("http://127.0.0.1:9/x", ("127.0.0.0/8",)).port == 9
+    assert netguard.is_public(ipaddress.ip_address("93.184.216.34"))
+    assert not netguard.is_public(ipaddress.ip_address("::ffff:127.0.0.1"))
