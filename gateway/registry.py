@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import functions_framework
+
 from minitwitter import db, errors
 from minitwitter.config import REPO_ROOT, Config, load_config
 from minitwitter.runtime import CrashGuard
@@ -45,6 +46,13 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CE_FORBIDDEN_LABELS = ("com.openfaas.scale.zero", "com.openfaas.scale.zero-duration",
                        "com.openfaas.scale.target", "com.openfaas.scale.type")
 HANDLER_ANNOTATION = "com.minitwitter.handler"
+#: Settings that say where the platform's services are. In a cluster they come from stack.yml;
+#: under the local gateway the gateway's own environment decides them (``make run`` picks the
+#: stores), so a deployment's envVars may tune a function but never re-point it elsewhere.
+PLATFORM_KEYS = frozenset({
+    "DATABASE_URL", "DATABASE_PASSWORD_SECRET", "REDIS_URL", "REDIS_PASSWORD_SECRET", "OLLAMA_HOST",
+    "SECRETS_DIR", "TRUSTED_PROXIES", "GATEWAY_URL", "GATEWAY_PORT", "STACK_FILE",
+})
 
 _import_lock = threading.Lock()
 
@@ -117,7 +125,7 @@ def validate_deployment(spec: Any) -> dict[str, Any]:
 
 
 def _ts(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Registry:
@@ -201,7 +209,7 @@ class Registry:
     def _load(self, name: str, generation: int, spec: dict[str, Any], replicas: int,
               created: datetime) -> Hosted:
         app = load_function_app(name, self.handler_dir(name, spec))
-        env_vars = spec.get("envVars") or {}
+        env_vars = {k: v for k, v in (spec.get("envVars") or {}).items() if k not in PLATFORM_KEYS}
         config = load_config({**os.environ, **env_vars}) if env_vars else None
         log.info("function loaded", extra={"function": name, "generation": generation})
         return Hosted(name, generation, spec, replicas, created, app, config)
