@@ -27,9 +27,13 @@ from minitwitter.config import REPO_ROOT, ensure_dev_secrets, load_config, set_c
 
 DB_NAME = os.environ.get("MT_TEST_DB", "minitwitter_test")
 REDIS_DB = int(os.environ.get("MT_TEST_REDIS_DB", "13"))
-#: Tables emptied before every test (gateway_functions is managed by the gateway tests).
-DATA_TABLES = ("users", "posts", "comments", "likes", "follows", "idempotency_keys",
-               "callback_deliveries", "sentiment_callbacks", "logs")
+#: Tables emptied before every test, children first (gateway_functions is managed by the
+#: gateway tests). DELETE + sequence reset: on tiny tables it is ~100x cheaper than TRUNCATE,
+#: which rewrites every relation file.
+DATA_TABLES = ("logs", "sentiment_callbacks", "callback_deliveries", "idempotency_keys", "likes",
+               "comments", "posts", "follows", "users")
+RESET_SQL = ("BEGIN; " + "; ".join(f"DELETE FROM {t}" for t in DATA_TABLES) + "; "
+             "SELECT setval(c.oid, 1, false) FROM pg_class c WHERE c.relkind = 'S'; COMMIT")
 
 
 def _server_urls(tmp: Path) -> tuple[str, str, list[Any]]:
@@ -106,7 +110,7 @@ def config(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     set_config(cfg)
     cache.reset()
     db.close_connection()
-    db.run("TRUNCATE " + ", ".join(DATA_TABLES) + " RESTART IDENTITY CASCADE")
+    db.run(RESET_SQL)
     cache.client().flushdb()
     yield cfg
     db.close_connection()

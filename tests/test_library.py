@@ -15,7 +15,6 @@ from minitwitter import db, errors, migrate, netguard
 from minitwitter.config import SECRET_NAMES, ensure_dev_secrets, load_config, set_config
 from minitwitter.http import client_ip, endpoint, parse_json, respond
 
-
 # --- config ----------------------------------------------------------------------------------
 
 @pytest.mark.no_stores
@@ -51,7 +50,8 @@ def test_dev_secrets_are_generated_once_and_private(tmp_path: Path):
     first = {n: (tmp_path / n).read_text() for n in SECRET_NAMES}
     ensure_dev_secrets(tmp_path)
     assert first == {n: (tmp_path / n).read_text() for n in SECRET_NAMES}
-    assert oct((tmp_path / "jwt-secret").stat().st_mode & 0o777) == "0o600"
+    # the folder keeps other users out (files are 0644 so compose can bind-mount them)
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o700"
     assert len(first["jwt-secret"].strip()) >= 32
 
 
@@ -118,7 +118,7 @@ def test_migrations_racing_from_two_processes_apply_once(stores):
              for _ in range(2)]
     for p in procs:
         p.start()
-    outcomes = [results.get(timeout=60) for _ in procs]
+    outcomes = [results.get(timeout=180) for _ in procs]
     for p in procs:
         p.join(30)
     all_versions = [v for _, _, _ in migrate.available() for v in [_]]

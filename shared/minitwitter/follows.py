@@ -1,0 +1,81 @@
+"""Follow and unfollow: idempotent writes that return the relationship.
+
+``follow`` inserts with ``ON CONFLICT DO NOTHING`` and ``unfollow`` deletes, so repeating either
+returns 200 with the same state. The follower/following counters are kept by the ``follows``
+trigger in the same transaction. After the write the home-timeline cache is told through
+``minitwitter.feed.on_follow`` / ``on_unfollow`` when that module provides them (it is imported
+lazily and its absence or failure never fails the write: Redis is only a cache, and the feed
+rebuilds from PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from . import db, errors, users
+
+log = logging.getLogger(__name__)
+
+
+def relationship(viewer_id: int, target_id: int, username: str) -> dict[str, Any]:
+    """``{id, username, following, followed_by}`` of ``target`` as ``viewer`` sees it."""
+    row = db.one(
+        "SELECT EXISTS (SELECT 1 FROM follows WHERE follower_id = :v AND followee_id = :t), "
+        "EXISTS (SELECT 1 FROM follows WHERE follower_id = :t AND followee_id = :v)",
+        v=viewer_id, t=target_id)
+    following, followed_by = row if row else (False, False)
+    return {"id": str(target_id), "username": username, "following": following,
+            "followed_by": followed_by}
+
+
+def _target(follower_id: int, username: str) -> tuple[int, str]:
+    target_id = users.find_id(username)
+    if target_id is None:
+        raise errors.NotFound("account not found")
+    if target_id == follower_id:
+        raise errors.ValidationFailed("you cannot follow yourself",
+                                      {"username": ["cannot be your own account"]})
+    return target_id, username.lower()
+
+
+def follow(follower_id: int, username: str) -> dict[str, Any]:
+    """Make ``follower_id`` follow ``username``; 404 unknown account, 422 yourself."""
+    target_id, name = _target(follower_id, username)
+    # A concurrently deleted target is a foreign-key violation, which db maps to NotFound.
+    db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:f, :t) ON CONFLICT DO NOTHING",
+           f=follower_id, t=target_id)
+    _notify_feed("on_follow", follower_id, target_id)
+    return relationship(follower_id, target_id, name)
+
+
+def unfollow(follower_id: int, username: str) -> dict[str, Any]:
+    """Make ``follower_id`` stop following ``username`` (a no-op when it did not follow)."""
+    target_id, name = _target(follower_id, username)
+    db.run("DELETE FROM follows WHERE follower_id = :f AND followee_id = :t",
+           f=follower_id, t=target_id)
+    _notify_feed("on_unfollow", follower_id, target_id)
+    return relationship(follower_id, target_id, name)
+
+
+def _notify_feed(hook: str, follower_id: int, followee_id: int) -> None:
+    """Call ``feed.<hook>`` if the feed module defines it; never fail the committed write.
+
+    Called on every request, repeats included, so a retry repairs a merge that a Redis outage
+    made fail the first time.
+    """
+    try:
+        feed = importlib.import_module(f"{__package__}.feed")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.feed":  # the module exists but is broken
+            log.exception("feed module failed to import")
+        return
+    function = getattr(feed, hook, None)
+    if function is None:
+        return
+    try:
+        function(follower_id, followee_id)
+    except Exception:  # the follow is committed; the feed is only a cache
+        log.warning("feed update failed", exc_info=True,
+                    extra={"hook": hook, "follower_id": follower_id, "followee_id": followee_id})
