@@ -1,0 +1,408 @@
+"""Posts: create (idempotent), read (cached), edit, delete, and the API shape shared by all lists.
+
+PostgreSQL is the source of truth. A post object (without the viewer's ``liked``) is cached in
+Redis under ``post:<id>`` by :class:`VersionedCache`: every write bumps the entry's generation
+*after* its commit, and a reader stores what it read only if the generation it saw before its
+query is still current, so a slow reader can never put back a value older than a write. When
+Redis is down every read goes to PostgreSQL.
+
+A write commits first and then, outside the transaction, invalidates caches, pushes the post into
+its author's home feed (read-your-writes before the fan-out job runs), enqueues the fan-out and
+the sentiment job. None of that can fail the write: a missed enqueue is repaired by the
+sentiment reconciler, a missed cache update by the generation bump or the cache TTL.
+
+Idempotency-Key: the key is stored in ``idempotency_keys`` in the same transaction as the post.
+The first request answers **201**; a retry with the same key (within :data:`IDEMPOTENCY_TTL`)
+answers **200** with the original post and ``Idempotent-Replayed: true``, and creates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from . import cache, db, errors, metrics
+from .jsonshape import ident, iso
+from .validation import Str, fields
+
+log = logging.getLogger(__name__)
+
+MAX_POST_LENGTH = 280
+POST_CACHE_TTL = 300
+IDEMPOTENCY_TTL = "24 hours"
+IDEMPOTENCY_KEY_MAX = 255
+CONTENT = Str(min=1, max=MAX_POST_LENGTH)
+CALLBACK = Str(min=1, max=2048, required=False)
+WRITE_SCHEMA = {"content": CONTENT, "callback_url": CALLBACK}
+
+#: Columns of one post with its author and the viewer's like, in :func:`post_json` order.
+#: ``:viewer`` NULL (anonymous) makes ``liked`` false.
+COLUMNS = """p.id, p.content, p.created_at, p.updated_at, p.edited_at, p.likes_count,
+       p.comments_count, p.sentiment_status, p.sentiment_label, p.sentiment_score,
+       p.sentiment_model, u.id, u.username, u.display_name,
+       EXISTS (SELECT 1 FROM likes l WHERE l.post_id = p.id AND l.user_id = :viewer)"""
+FROM = "FROM posts p JOIN users u ON u.id = p.author_id"
+
+
+def sentiment_json(status: str, label: str | None, score: float | None,
+                   model: str | None) -> dict[str, Any]:
+    """The sentiment object every post and comment carries."""
+    return {"status": status, "label": label, "score": score, "model": model}
+
+
+def post_json(row: Sequence[Any]) -> dict[str, Any]:
+    """The API shape of a :data:`COLUMNS` row."""
+    (pid, content, created, updated, edited, likes, comments, status, label, score, model,
+     uid, username, display_name, liked) = row
+    return {
+        "id": ident(pid),
+        "content": content,
+        "author": {"id": ident(uid), "username": username, "display_name": display_name},
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+        "edited_at": iso(edited),
+        "likes_count": likes,
+        "comments_count": comments,
+        "liked": bool(liked),
+        "sentiment": sentiment_json(status, label, score, model),
+    }
+
+
+# --- the cache ---------------------------------------------------------------------------------
+
+#: Store fields only if the generation is still the one the reader saw ('' = none yet, in which
+#: case the fill mints one); returns the generation the fields are stored under, or false.
+_STORE_IF_CURRENT = """
+local g = redis.call('HGET', KEYS[1], 'g') or ''
+if g ~= ARGV[1] then return false end
+if g == '' then g = ARGV[3]; redis.call('HSET', KEYS[1], 'g', g) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return g
+"""
+#: Drop every field and start a new generation.
+_BUMP = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'g', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def _generation() -> str:
+    # Random, never reused: a generation stays unique across key expiry and Redis restarts, so
+    # a process-local copy tagged with it can never be mistaken for newer data.
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class VersionedCache:
+    """Values in one Redis hash next to a generation token ``g``, safe against stale fills.
+
+    ``get`` returns the fields and the generation seen; ``fill`` stores only if that generation
+    is still current; ``bump`` (after a committed write) drops every field and starts a new
+    generation, so fills computed from older reads are refused.
+    """
+
+    name: str
+    ttl: int
+
+    def get(self, key: str, names: Sequence[str]) -> tuple[list[bytes | None], bytes] | None:
+        """``(values, generation)``, or None when Redis is unavailable."""
+        replay_repairs()
+        raw: list[Any] | None = cache.soft(lambda r: list(r.hmget(key, [*names, "g"])), None)
+        if raw is None:
+            return None
+        values: list[bytes | None] = raw[:-1]
+        hit = all(v is not None for v in values)
+        metrics.CACHE_REQUESTS.labels(self.name, "hit" if hit else "miss").inc()
+        return values, raw[-1] or b""
+
+    def generation(self, key: str) -> bytes | None:
+        """The current generation of ``key`` (b"" when none), or None when Redis is unavailable."""
+        replay_repairs()
+        value: Any = cache.soft(lambda r: r.hget(key, "g") or b"", None)
+        return None if value is None else bytes(value)
+
+    def fill(self, key: str, generation: bytes, mapping: dict[str, bytes | str]) -> bytes | None:
+        """Store ``mapping`` if nothing was written since ``generation`` was read.
+
+        Returns the generation the values are stored under (None when refused or Redis is down).
+        """
+        flat: list[bytes | str] = []
+        for field, value in mapping.items():
+            flat += [field, value]
+        stored: bytes | None = cache.soft(lambda r: r.eval(
+            _STORE_IF_CURRENT, 1, key, generation, self.ttl, _generation(), *flat), None)
+        return stored or None
+
+    def bump(self, *keys: str) -> None:
+        """Invalidate ``keys`` after a write; retried by :func:`replay_repairs` if Redis is down."""
+        def run(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for key in keys:
+                pipe.eval(_BUMP, 1, key, self.ttl, _generation())
+            pipe.execute()
+        cache_write(run, self.bump, *keys)
+
+
+# --- cache writes missed while Redis was down ---------------------------------------------------
+
+#: Cache updates (invalidations, feed pushes, fan-out enqueues) that failed because Redis was
+#: unreachable, replayed by this process once Redis answers again: a Redis that comes back with
+#: its old data (AOF) must not keep serving what the outage's writes changed. Bounded; anything
+#: dropped, or lost with the process, is still bounded by the cache TTLs.
+MAX_REPAIRS = 10000
+_repairs: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque(maxlen=MAX_REPAIRS)
+_repairs_lock = threading.Lock()
+
+
+def cache_write(operation: Callable[[Any], Any], retry: Callable[..., Any], *args: Any) -> bool:
+    """Run a cache write; when Redis is unavailable remember ``retry(*args)`` and return False."""
+    def attempt(r: Any) -> bool:
+        operation(r)
+        return True
+
+    if cache.soft(attempt, False):
+        return True
+    _repairs.append((retry, args))
+    return False
+
+
+def discard_repairs() -> None:
+    """Forget missed cache writes (tests; a process pointed at another Redis)."""
+    _repairs.clear()
+
+
+def replay_repairs() -> None:
+    """Re-run the cache writes missed during an outage (cheap no-op when there are none)."""
+    if not _repairs or cache.is_down():
+        return
+    with _repairs_lock:
+        pending = list(_repairs)
+        _repairs.clear()
+    log.info("replaying cache writes missed while Redis was down", extra={"count": len(pending)})
+    for retry, args in pending:
+        retry(*args)  # a failure re-records it
+
+
+POST_CACHE = VersionedCache("post", POST_CACHE_TTL)
+
+
+def _post_key(post_id: int) -> str:
+    return f"post:{post_id}"
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+def fetch(ids: Sequence[int], viewer: int | None) -> list[dict[str, Any]]:
+    """The posts ``ids`` as ``viewer`` sees them, in the order given (missing ids skipped)."""
+    if not ids:
+        return []
+    rows = db.run(f"SELECT {COLUMNS} {FROM} WHERE p.id = ANY(:ids)", ids=list(ids), viewer=viewer)
+    by_id = {row[0]: post_json(row) for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def liked_ids(viewer: int | None, ids: Sequence[int]) -> set[int]:
+    """Which of ``ids`` the viewer likes (one query)."""
+    if viewer is None or not ids:
+        return set()
+    rows = db.run("SELECT post_id FROM likes WHERE user_id = :v AND post_id = ANY(:ids)",
+                  v=viewer, ids=list(ids))
+    return {row[0] for row in rows}
+
+
+def get(post_id: int, viewer: int | None = None) -> dict[str, Any]:
+    """One post with author, counts, sentiment and the viewer's ``liked``; NotFound if absent."""
+    key = _post_key(post_id)
+    seen = POST_CACHE.get(key, ["d"])
+    if seen is not None and seen[0][0] is not None:
+        post = orjson.loads(seen[0][0])
+        post["liked"] = post_id in liked_ids(viewer, [post_id])
+        return post
+    row = db.one(f"SELECT {COLUMNS} {FROM} WHERE p.id = :id", id=post_id, viewer=viewer)
+    if row is None:
+        raise errors.NotFound("post not found")
+    post = post_json(row)
+    if seen is not None:
+        POST_CACHE.fill(key, seen[1], {"d": orjson.dumps({**post, "liked": False})})
+    return post
+
+
+def invalidate_post(post_id: int) -> None:
+    """Drop every cached copy of the post (object, counts, first timeline pages holding it).
+
+    The sentiment worker calls this after writing a verdict; every write here calls it too.
+    """
+    from . import feed
+
+    POST_CACHE.bump(_post_key(post_id))
+    feed.invalidate_public()
+
+
+# --- writes --------------------------------------------------------------------------------
+
+def validate_idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header, checked: 1-255 visible ASCII characters (400 otherwise)."""
+    if value is None:
+        return None
+    key = value.strip()
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable():
+        raise errors.BadRequest("invalid Idempotency-Key",
+                                {"Idempotency-Key": [f"must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"]})
+    return key
+
+
+def callback_url(body: dict[str, Any], header: str | None) -> str | None:
+    """The callback URL from the body's ``callback_url`` or ``X-Callback-Url``, validated."""
+    url = body.get("callback_url")
+    header = header.strip() if header else None
+    if url is not None and header and url != header:
+        raise errors.ValidationFailed(details={"callback_url": ["differs from the X-Callback-Url header"]})
+    url = url or header
+    if not url:
+        return None
+    from . import callbacks
+
+    try:
+        checked = callbacks.validate_url(url)
+    except errors.ValidationFailed as exc:
+        raise errors.ValidationFailed(details={"callback_url": _messages(exc)}) from None
+    return checked if isinstance(checked, str) else url
+
+
+def _messages(exc: errors.ValidationFailed) -> list[str]:
+    found: list[str] = []
+    for value in exc.details.values():
+        found += value if isinstance(value, list) else [str(value)]
+    return found or [exc.message]
+
+
+def idempotent_create(user_id: int, scope: str, key: str | None,
+                      create: Callable[[], int]) -> tuple[int, bool]:
+    """Run ``create`` (inside a transaction) once per ``(user, scope, key)``.
+
+    Returns ``(resource_id, created)``. A concurrent duplicate loses the race on the primary key,
+    rolls back, and gets the winner's id.
+    """
+    if key is None:
+        with db.transaction():
+            return create(), True
+
+    def existing() -> int | None:
+        value = db.scalar(
+            "SELECT resource_id FROM idempotency_keys WHERE user_id = :u AND scope = :s "
+            f"AND key = :k AND created_at > now() - interval '{IDEMPOTENCY_TTL}'",
+            u=user_id, s=scope, k=key)
+        return int(value) if value is not None else None
+
+    try:
+        with db.transaction():
+            found = existing()
+            if found is not None:
+                return found, False
+            db.run("DELETE FROM idempotency_keys WHERE user_id = :u AND scope = :s AND key = :k",
+                   u=user_id, s=scope, k=key)
+            resource_id = create()
+            db.run("INSERT INTO idempotency_keys (user_id, scope, key, resource_id) "
+                   "VALUES (:u, :s, :k, :r)", u=user_id, s=scope, k=key, r=resource_id)
+            return resource_id, True
+    except errors.Conflict:
+        found = existing()
+        if found is None:
+            raise
+        return found, False
+
+
+def register_callback(kind: str, item_id: int, version: int, url: str | None, call_id: str | None) -> None:
+    """Record the callback URL for this item version (call inside the write's transaction)."""
+    if url:
+        from . import callbacks
+
+        callbacks.register(kind, item_id, version, url, call_id)
+
+
+def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None) -> None:
+    """Queue the analysis after commit; a failure is logged, never raised (the reconciler retries)."""
+    try:
+        from . import jobs
+
+        jobs.enqueue_sentiment(kind, item_id, version, call_id)
+    except Exception:  # the item is committed as pending; nothing is lost
+        log.warning("sentiment enqueue failed", exc_info=True,
+                    extra={"kind": kind, "item_id": item_id, "version": version})
+
+
+def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None = None,
+           callback_header: str | None = None, call_id: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Create a post; returns ``(post, created)`` (``created`` False for an idempotent replay)."""
+    data = fields(body, WRITE_SCHEMA)
+    url = callback_url(data, callback_header)
+    key = validate_idempotency_key(idempotency_key)
+
+    def insert() -> int:
+        post_id = int(db.scalar("INSERT INTO posts (author_id, content) VALUES (:a, :c) RETURNING id",
+                                a=author_id, c=data["content"]))
+        register_callback("post", post_id, 1, url, call_id)
+        return post_id
+
+    post_id, created = idempotent_create(author_id, "post", key, insert)
+    if not created:
+        try:
+            return get(post_id, author_id), False
+        except errors.NotFound:
+            raise errors.Conflict("the post created with this Idempotency-Key has been deleted",
+                                  {"Idempotency-Key": ["was used for a post that no longer exists"]}) from None
+    metrics.POSTS_CREATED.inc()
+    from . import feed
+
+    feed.on_post_created(post_id, author_id)
+    enqueue_sentiment("post", post_id, 1, call_id)
+    return get(post_id, author_id), True
+
+
+def update(author_id: int, post_id: int, body: dict[str, Any], *, callback_header: str | None = None,
+           call_id: str | None = None) -> dict[str, Any]:
+    """Edit the author's post: new content, ``edited_at``, sentiment back to pending (new version).
+
+    Someone else's post is a 404, not a 403, so the response does not reveal that it exists.
+    """
+    data = fields(body, WRITE_SCHEMA)
+    url = callback_url(data, callback_header)
+    with db.transaction():
+        version = db.scalar(
+            "UPDATE posts SET content = :c, edited_at = now(), updated_at = now(), "
+            "sentiment_status = 'pending', sentiment_label = NULL, sentiment_score = NULL, "
+            "sentiment_backend = NULL, sentiment_model = NULL, sentiment_reason = NULL, "
+            "sentiment_version = sentiment_version + 1, sentiment_attempts = 0, "
+            "sentiment_next_at = NULL, sentiment_updated_at = NULL "
+            "WHERE id = :id AND author_id = :a RETURNING sentiment_version",
+            c=data["content"], id=post_id, a=author_id)
+        if version is None:
+            raise errors.NotFound("post not found")
+        register_callback("post", post_id, int(version), url, call_id)
+    invalidate_post(post_id)
+    enqueue_sentiment("post", post_id, int(version), call_id)
+    return get(post_id, author_id)
+
+
+def delete(author_id: int, post_id: int) -> None:
+    """Delete the author's post with its likes and comments (foreign-key cascades); 404 otherwise."""
+    with db.transaction():
+        deleted = db.scalar("DELETE FROM posts WHERE id = :id AND author_id = :a RETURNING id",
+                            id=post_id, a=author_id)
+        if deleted is None:
+            raise errors.NotFound("post not found")
+    invalidate_post(post_id)
+    from . import comments, feed
+
+    comments.invalidate_comment(post_id, 0)  # its comment pages must now answer 404
+    feed.on_post_deleted(post_id, author_id)

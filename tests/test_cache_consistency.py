@@ -1,0 +1,160 @@
+"""Every kind of write is visible on the next read although posts, counts, the public timeline's
+first page, comment pages and home feeds are cached in Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from minitwitter import cache, comments, db, feed, posts
+from tests.api import Account, Api
+from tests.test_posts import create, ids_of
+from tests.test_timelines import follow, home
+
+
+def views(api: Api, post_id: str, viewer: Account) -> dict[str, Any]:
+    """Every cached view that shows the post: read twice so the second read is a cache hit."""
+    for _ in range(2):
+        result = {
+            "get": api.call("get-post", "GET", f"/{post_id}").json,
+            "get_as_viewer": api.call("get-post", "GET", f"/{post_id}", token=viewer.token).json,
+            "list": api.call("list-posts", "GET", "/").json,
+            "list_100": api.call("list-posts", "GET", "/", query={"limit": 100}).json,
+            "list_as_viewer": api.call("list-posts", "GET", "/", token=viewer.token).json,
+            "comments": api.call("list-comments", "GET", f"/{post_id}").json,
+        }
+    return result
+
+
+def in_list(listing: list[dict[str, Any]], post_id: str) -> dict[str, Any] | None:
+    return next((p for p in listing if p["id"] == post_id), None)
+
+
+def test_reads_are_served_from_the_cache(api: Api) -> None:
+    """A change behind the cache's back stays invisible until invalidated: the cache is real."""
+    alice = api.account("alice")
+    post = create(api, alice, "cached")
+    views(api, post["id"], alice)
+    db.run("UPDATE posts SET content = 'sneaky' WHERE id = :id", id=int(post["id"]))
+    assert api.call("get-post", "GET", f"/{post['id']}").json["content"] == "cached"
+    assert api.call("list-posts", "GET", "/").json[0]["content"] == "cached"
+    posts.invalidate_post(int(post["id"]))
+    assert api.call("get-post", "GET", f"/{post['id']}").json["content"] == "sneaky"
+    assert api.call("list-posts", "GET", "/").json[0]["content"] == "sneaky"
+
+
+def test_create_update_delete_are_visible_everywhere(api: Api) -> None:
+    alice, bob = api.account("alice"), api.account("bob")
+    first = create(api, alice, "first")
+    views(api, first["id"], bob)
+    second = create(api, alice, "second")
+    seen = views(api, second["id"], bob)
+    assert [p["id"] for p in seen["list"]] == [second["id"], first["id"]]
+    assert [p["id"] for p in seen["list_100"]] == [second["id"], first["id"]]
+    edited = api.call("update-post", "PATCH", f"/{first['id']}", json={"content": "first, edited"}, token=alice.token)
+    assert edited.status_code == 200
+    seen = views(api, first["id"], bob)
+    assert seen["get"]["content"] == "first, edited" and seen["get"]["edited_at"]
+    assert in_list(seen["list"], first["id"])["content"] == "first, edited"
+    assert in_list(seen["list_as_viewer"], first["id"])["content"] == "first, edited"
+    assert api.call("delete-post", "DELETE", f"/{first['id']}", token=alice.token).status_code == 204
+    assert api.call("get-post", "GET", f"/{first['id']}").status_code == 404
+    assert api.call("list-comments", "GET", f"/{first['id']}").status_code == 404
+    assert [p["id"] for p in api.call("list-posts", "GET", "/").json] == [second["id"]]
+    assert [p["id"] for p in api.call("list-posts", "GET", "/", query={"limit": 100}).json] == [second["id"]]
+
+
+def test_like_and_unlike_are_visible_everywhere(api: Api) -> None:
+    alice, bob = api.account("alice"), api.account("bob")
+    post = create(api, alice)
+    follow(api, bob, alice)
+    views(api, post["id"], bob)
+    home(api, bob)
+    api.call("like-post", "POST", f"/{post['id']}", token=bob.token)
+    seen = views(api, post["id"], bob)
+    assert (seen["get"]["likes_count"], seen["get"]["liked"]) == (1, False)
+    assert (seen["get_as_viewer"]["likes_count"], seen["get_as_viewer"]["liked"]) == (1, True)
+    assert (seen["list"][0]["likes_count"], seen["list"][0]["liked"]) == (1, False)
+    assert (seen["list_as_viewer"][0]["likes_count"], seen["list_as_viewer"][0]["liked"]) == (1, True)
+    as_bob = api.call("home-timeline", "GET", "/", token=bob.token).json[0]
+    assert (as_bob["likes_count"], as_bob["liked"]) == (1, True)
+    api.call("like-post", "DELETE", f"/{post['id']}", token=bob.token)
+    seen = views(api, post["id"], bob)
+    assert seen["get_as_viewer"]["likes_count"] == 0 and seen["get_as_viewer"]["liked"] is False
+    assert seen["list_as_viewer"][0]["likes_count"] == 0 and seen["list_as_viewer"][0]["liked"] is False
+
+
+def test_comment_add_and_delete_are_visible_everywhere(api: Api) -> None:
+    alice, bob = api.account("alice"), api.account("bob")
+    post = create(api, alice)
+    views(api, post["id"], bob)
+    made = api.call("add-comment", "POST", f"/{post['id']}", json={"content": "hey"}, token=bob.token).json
+    seen = views(api, post["id"], bob)
+    assert [c["id"] for c in seen["comments"]] == [made["id"]]
+    assert seen["get"]["comments_count"] == 1 and seen["list"][0]["comments_count"] == 1
+    api.call("add-comment", "DELETE", f"/{post['id']}/{made['id']}", token=bob.token)
+    seen = views(api, post["id"], bob)
+    assert seen["comments"] == []
+    assert seen["get"]["comments_count"] == 0 and seen["list_100"][0]["comments_count"] == 0
+
+
+def test_follow_and_unfollow_are_visible_in_home(api: Api) -> None:
+    alice, bob = api.account("alice"), api.account("bob")
+    post = int(create(api, alice)["id"])
+    assert home(api, bob) == []
+    follow(api, bob, alice)
+    assert home(api, bob) == [post]
+    follow(api, bob, alice, "DELETE")
+    assert home(api, bob) == []
+
+
+def test_sentiment_verdict_is_visible_after_invalidate_post(api: Api) -> None:
+    alice = api.account("alice")
+    post = create(api, alice, "what a lovely day")
+    views(api, post["id"], alice)
+    db.run("UPDATE posts SET sentiment_status = 'done', sentiment_label = 'positive', sentiment_score = 0.9, "
+           "sentiment_model = 'vader' WHERE id = :id", id=int(post["id"]))
+    posts.invalidate_post(int(post["id"]))
+    verdict = {"status": "done", "label": "positive", "score": 0.9, "model": "vader"}
+    seen = views(api, post["id"], alice)
+    assert seen["get"]["sentiment"] == verdict and seen["get_as_viewer"]["sentiment"] == verdict
+    assert seen["list"][0]["sentiment"] == verdict and seen["list_100"][0]["sentiment"] == verdict
+    assert api.call("list-posts", "GET", "/", query={"sentiment": "positive"}).json[0]["id"] == post["id"]
+
+
+def test_comment_verdict_is_visible_after_invalidate_comment(api: Api) -> None:
+    alice = api.account("alice")
+    post = create(api, alice)
+    made = api.call("add-comment", "POST", f"/{post['id']}", json={"content": "awful"}, token=alice.token).json
+    views(api, post["id"], alice)
+    db.run("UPDATE comments SET sentiment_status = 'done', sentiment_label = 'negative', sentiment_score = -0.7, "
+           "sentiment_model = 'vader' WHERE id = :id", id=int(made["id"]))
+    comments.invalidate_comment(int(post["id"]), int(made["id"]))
+    listed = api.call("list-comments", "GET", f"/{post['id']}").json
+    assert listed[0]["sentiment"] == {"status": "done", "label": "negative", "score": -0.7, "model": "vader"}
+
+
+def test_a_slow_reader_cannot_store_a_stale_value() -> None:
+    """A fill computed before a write (generation bump) is refused."""
+    cache_ = posts.VersionedCache("test", 60)
+    seen = cache_.get("race:key", ["d"])
+    assert seen is not None and seen[0] == [None]
+    cache_.bump("race:key")  # a write commits while the reader was querying
+    cache_.fill("race:key", seen[1], {"d": b"stale"})
+    assert cache.client().hget("race:key", "d") is None
+    fresh = cache_.get("race:key", ["d"])
+    cache_.fill("race:key", fresh[1], {"d": b"fresh"})
+    assert cache_.get("race:key", ["d"])[0] == [b"fresh"]
+
+
+@pytest.mark.parametrize("limit", [1, 20, 100])
+def test_public_first_page_cache_is_per_limit(api: Api, limit: int) -> None:
+    alice = api.account("alice")
+    for i in range(3):
+        create(api, alice, f"p{i}")
+    for _ in range(2):
+        response = api.call("list-posts", "GET", "/", query={"limit": limit})
+        assert len(ids_of(response)) == min(limit, 3)
+        assert ("next" in response.headers.get("Link", "")) is (limit == 1)
+    assert cache.client().hget(feed.PUBLIC_KEY, str(limit)) is not None
