@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import httpx
 import pytest
 
-from minitwitter.config import REPO_ROOT
+from gateway.registry import Registry
+from minitwitter import db
+from minitwitter.config import REPO_ROOT, load_config, set_config
 
 from .callback_receiver import Receiver
-from .conftest import eventually
+from .conftest import Gateway, base_env, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +27,29 @@ FIXTURE_STACK = str(REPO_ROOT / "tests" / "fixtures" / "stack.yml")
 ECHO_DIR = str(REPO_ROOT / "tests" / "fixtures" / "functions" / "echo")
 
 
+GATEWAY_ENV = {"STACK_FILE": FIXTURE_STACK, "GATEWAY_WORKERS": "2", "FUNCTION_TIMEOUT": "1.5",
+               "GATEWAY_STATE_TTL": "0.2"}
+
+
+@pytest.fixture(scope="module")
+def gw(stores, tmp_path_factory):
+    """One gateway (2 processes) for the module; tests that change deployments restore them."""
+    set_config(load_config(base_env(stores)))
+    db.run("DELETE FROM gateway_functions")
+    gateway = Gateway(base_env(stores, **GATEWAY_ENV), tmp_path_factory.mktemp("gw") / "gateway.log")
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
 @pytest.fixture
-def gw(start_gateway):
-    return start_gateway(STACK_FILE=FIXTURE_STACK, GATEWAY_WORKERS="2", FUNCTION_TIMEOUT="1.5",
-                         GATEWAY_STATE_TTL="0.2")
+def restore_stack(gw, config):
+    """Put the fixture stack back as deployed (1 replica, nothing extra) after the test."""
+    yield
+    db.run("DELETE FROM gateway_functions WHERE name NOT IN ('echo', 'sleepy', 'helper-a', 'helper-b', 'crash')")
+    Registry(config.with_overrides(stack_file=FIXTURE_STACK)).seed(redeploy=True)
+    db.run("UPDATE gateway_functions SET replicas = 1")
+    time.sleep(0.5)  # longer than GATEWAY_STATE_TTL: every gateway process sees the restored state
 
 
 def deployment(name: str, **extra):
@@ -108,20 +130,32 @@ def test_healthz_reports_stores(gw):
     assert r.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
 
 
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_metrics_use_openfaas_names_and_add_up_across_processes(gw):
+    fn = {"function_name": "echo.openfaas-fn"}
+    before = httpx.get(f"{gw.url}/metrics").text
     n = 12
-    with httpx.Client() as client:
-        for i in range(n):
-            # new connection each time so both gunicorn workers take requests
-            httpx.get(f"{gw.url}/function/echo?i={i}")
-        client.get(f"{gw.url}/function/echo?status=500")
-    text = httpx.get(f"{gw.url}/metrics").text
-    assert f'gateway_function_invocation_total{{code="200",function_name="echo.openfaas-fn"}} {float(n)}' in text
-    assert 'gateway_function_invocation_total{code="500",function_name="echo.openfaas-fn"} 1.0' in text
-    assert f'gateway_function_invocation_started_total{{function_name="echo.openfaas-fn"}} {float(n + 1)}' in text
-    assert re.search(r'gateway_functions_seconds_count\{code="200",function_name="echo.openfaas-fn"\} 12\.0', text)
-    assert 'gateway_service_count{function_name="echo.openfaas-fn"} 1.0' in text
-    assert 'minitwitter_function_requests_total' in text or "# TYPE" in text
+    for i in range(n):  # a new connection each time, so both gunicorn processes take requests
+        httpx.get(f"{gw.url}/function/echo?i={i}")
+    httpx.get(f"{gw.url}/function/echo?status=500")
+    after = httpx.get(f"{gw.url}/metrics").text
+
+    def delta(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    assert delta("gateway_function_invocation_total", code="200", **fn) == n
+    assert delta("gateway_function_invocation_total", code="500", **fn) == 1
+    assert delta("gateway_function_invocation_started_total", **fn) == n + 1
+    assert delta("gateway_functions_seconds_count", code="200", **fn) == n
+    assert _metric(after, "gateway_service_count", **fn) == 1.0
 
 
 # --- async invoke ----------------------------------------------------------------------------
@@ -168,25 +202,6 @@ def test_async_function_status_reaches_the_callback(gw, start_workers):
     assert headers["x-function-status"] == "404"
 
 
-def test_async_callback_to_forbidden_address_is_refused(start_gateway, start_workers):
-    gw = start_gateway(STACK_FILE=FIXTURE_STACK, CALLBACK_ALLOW_HOSTS="")
-    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1", CALLBACK_ALLOW_HOSTS="")
-    with Receiver() as receiver:
-        r = httpx.post(f"{gw.url}/async-function/echo", content=b"x",
-                       headers={"X-Callback-Url": receiver.url})
-        assert r.status_code == 202
-        call_id = r.headers["X-Call-Id"]
-        user, password = gw.auth()
-
-        def refused_logged():
-            lines = httpx.get(f"{gw.url}/system/logs", params={"call_id": call_id},
-                              auth=(user, password)).text.splitlines()
-            return [ln for ln in lines if "callback refused" in ln]
-
-        eventually(refused_logged, timeout=20)
-        assert receiver.attempts == 0
-
-
 @pytest.mark.parametrize("url", ["not a url", "ftp://x.example/", "http://"])
 def test_async_rejects_unparsable_callback_url(gw, url):
     r = httpx.post(f"{gw.url}/async-function/echo", content=b"x", headers={"X-Callback-Url": url})
@@ -231,7 +246,7 @@ def test_list_and_describe_functions_in_openfaas_shape(gw):
     assert info["provider"]["version"]["release"]
 
 
-def test_deploy_update_remove_cycle_like_faas_cli(gw):
+def test_deploy_update_remove_cycle_like_faas_cli(gw, restore_stack):
     auth = gw.auth()
     # faas-cli deploy: PUT first; 404 for a new function, then POST
     new = deployment("echo-two", annotations={"com.minitwitter.handler": ECHO_DIR},
@@ -258,7 +273,7 @@ def test_deploy_update_remove_cycle_like_faas_cli(gw):
     eventually(lambda: httpx.get(f"{gw.url}/function/echo-two").status_code == 200)
 
 
-def test_removing_a_stack_function_takes_it_out_until_redeployed(gw):
+def test_removing_a_stack_function_takes_it_out_until_redeployed(gw, restore_stack):
     auth = gw.auth()
     assert httpx.request("DELETE", f"{gw.url}/system/functions", json={"functionName": "echo"},
                          auth=auth).status_code == 202
@@ -290,7 +305,7 @@ def test_malformed_deploy_body_is_400(gw):
     assert r.status_code == 400
 
 
-def test_community_edition_function_limit(gw):
+def test_community_edition_function_limit(gw, restore_stack):
     auth = gw.auth()
     codes = []
     for i in range(11):  # 5 fixture functions + 11 = 16
@@ -300,7 +315,7 @@ def test_community_edition_function_limit(gw):
     assert codes[10] == 400
 
 
-def test_scale_function_clamps_like_ce_gateway(gw):
+def test_scale_function_clamps_like_ce_gateway(gw, restore_stack):
     auth = gw.auth()
     r = httpx.post(f"{gw.url}/system/scale-function/echo",
                    json={"serviceName": "echo", "replicas": 10}, auth=auth)
@@ -330,3 +345,23 @@ def test_system_logs_are_ndjson_in_openfaas_shape(gw):
     assert json.loads(entry["text"])["call_id"] == call_id
     bad = httpx.get(f"{gw.url}/system/logs", params={"since": "yesterday"}, auth=gw.auth())
     assert bad.status_code == 400
+
+
+# Last in the module: it starts its own gateway, which resets the shared function state.
+def test_async_callback_to_forbidden_address_is_refused(start_gateway, start_workers):
+    gw = start_gateway(STACK_FILE=FIXTURE_STACK, CALLBACK_ALLOW_HOSTS="")
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1", CALLBACK_ALLOW_HOSTS="")
+    with Receiver() as receiver:
+        r = httpx.post(f"{gw.url}/async-function/echo", content=b"x",
+                       headers={"X-Callback-Url": receiver.url})
+        assert r.status_code == 202
+        call_id = r.headers["X-Call-Id"]
+        user, password = gw.auth()
+
+        def refused_logged():
+            lines = httpx.get(f"{gw.url}/system/logs", params={"call_id": call_id},
+                              auth=(user, password)).text.splitlines()
+            return [ln for ln in lines if "callback refused" in ln]
+
+        eventually(refused_logged, timeout=20)
+        assert receiver.attempts == 0

@@ -63,7 +63,7 @@ def test_db_binds_parameters_and_translates_constraint_errors():
     db.run("INSERT INTO users (username, password_hash) VALUES ('alice', 'h')")
     with pytest.raises(errors.Conflict) as taken:
         db.run("INSERT INTO users (username, password_hash) VALUES ('alice', 'h')")
-    assert taken.value.details == {"constraint": "users_username_lower_key"}
+    assert taken.value.details == {"constraint": ["users_username_lower_key"]}
     with pytest.raises(errors.NotFound):
         db.run("INSERT INTO posts (author_id, content) VALUES (999999, 'x')")
     with pytest.raises(errors.ValidationFailed):

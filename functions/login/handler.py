@@ -15,7 +15,7 @@ from minitwitter.http import endpoint, parse_json, respond
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-@endpoint("login", ["POST"], rate_scope="login")
+@endpoint("login", ["POST"], rate_scope="login", root_only=True)
 def handle(request: flask.Request) -> flask.Response:
     """Check the credentials and return a fresh access token."""
     return respond(200, users.login(parse_json(request)), NO_STORE)

@@ -12,7 +12,7 @@ from minitwitter import users
 from minitwitter.http import endpoint, parse_json, respond
 
 
-@endpoint("register", ["POST"], rate_scope="register")
+@endpoint("register", ["POST"], rate_scope="register", root_only=True)
 def handle(request: flask.Request) -> flask.Response:
     """Create the account and point ``Location`` at its get-user URL."""
     account = users.register(parse_json(request))

@@ -123,11 +123,11 @@ def translate(exc: Exception) -> errors.MinitwitterError:
     if isinstance(exc, DatabaseError):
         code = sqlstate(exc)
         if code == UNIQUE_VIOLATION:
-            return errors.Conflict("already exists", {"constraint": constraint(exc)})
+            return errors.Conflict("already exists", {"constraint": [constraint(exc)]})
         if code == FOREIGN_KEY_VIOLATION:
             return errors.NotFound("a referenced resource does not exist")
         if code in (CHECK_VIOLATION, NOT_NULL_VIOLATION):
-            return errors.ValidationFailed(details={"constraint": constraint(exc)})
+            return errors.ValidationFailed(details={"constraint": [constraint(exc)]})
         if code.startswith(CONNECTION_STATES) or code in CONNECTION_STATES:
             return errors.DependencyUnavailable("the database is unavailable")
         log.error("database error", extra={"sqlstate": code})

@@ -135,11 +135,13 @@ def client_ip(request: flask.Request) -> str:
     return forwarded[0] if forwarded else peer
 
 
-def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api") -> Callable[[Handler], Handler]:
+def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
+             root_only: bool = False) -> Callable[[Handler], Handler]:
     """Wrap a handler with the method check, rate limits, error mapping, logging and metrics.
 
     ``rate_scope`` picks the per-IP budget (``api``, or the stricter ``login``/``register``);
     :func:`auth.require_account` adds the per-account budget once the caller is known.
+    ``root_only`` answers 404 for any sub-path (functions that take no path parameters).
     """
     allowed = tuple(sorted({m.upper() for m in methods}))
 
@@ -153,6 +155,8 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api") -> C
                 try:
                     if request.method not in allowed:
                         raise errors.MethodNotAllowed(allowed)
+                    if root_only and path_parts(request):
+                        raise errors.NotFound()
                     ratelimit.check_ip(rate_scope, client_ip(request))
                     response = handler(request)
                 except errors.MinitwitterError as exc:
