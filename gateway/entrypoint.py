@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from minitwitter import db, errors, logs
+from minitwitter import errors, logs
 from minitwitter.config import REPO_ROOT, get_config
 
 log = logging.getLogger("minitwitter.entrypoint")
@@ -36,7 +36,7 @@ DEFAULT_WAIT_SECONDS = 60.0
 
 def wait_and_migrate(timeout: float, sleep: Callable[[float], None] = time.sleep) -> list[int]:
     """Apply pending migrations, retrying while PostgreSQL is not reachable yet."""
-    from minitwitter import migrate
+    from minitwitter import db, migrate
 
     deadline = time.monotonic() + timeout
     delay = 0.5
@@ -84,8 +84,9 @@ def healthy(role: str) -> bool:
             return False
     if role == "worker":
         import redis
-        from minitwitter import cache
         from rq import Worker
+
+        from minitwitter import cache
 
         try:
             hostname = socket.gethostname()

@@ -310,10 +310,14 @@ def ensure_dev_secrets(secrets_dir: Path = DEV_SECRETS_DIR) -> Path:
     import secrets as _secrets
 
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The folder keeps other host users out. The files are 0644 because docker compose bind-mounts
+    # each one into containers whose non-root users (gateway 1000, grafana 472, exporters) must read
+    # it, and compose ignores a secret's uid/gid/mode outside Swarm.
+    secrets_dir.chmod(0o700)
     for name in SECRET_NAMES:
         path = secrets_dir / name
         if not path.exists():
             value = "admin" if name == "basic-auth-user" else _secrets.token_urlsafe(32)
             path.write_text(value + "\n", encoding="utf-8")
-            path.chmod(0o600)
+        path.chmod(0o644)
     return secrets_dir

@@ -1,0 +1,336 @@
+"""gateway/nginx.conf, proven with Debian's real nginx in front of two real gateway processes.
+
+The production file is rendered with only these substitutions: the two upstream servers
+(``gateway-1:8080`` / ``gateway-2:8080`` → two local gunicorn gateways), the listen address, and
+the ``/tmp`` paths (→ a private folder). Everything else (balancing, keepalive, timeouts, body
+limit, failover, headers, error pages) runs exactly as shipped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway import embedded
+from minitwitter.config import REPO_ROOT
+
+NGINX_CONF = REPO_ROOT / "gateway" / "nginx.conf"
+ECHO_HANDLER = REPO_ROOT / "tests" / "fixtures" / "functions" / "echo"
+#: nginx's client_max_body_size in nginx.conf (1m).
+NGINX_BODY_LIMIT = 1024 * 1024
+#: The address the test client connects from: a loopback address that is NOT a trusted proxy.
+CLIENT_ADDR = "127.0.0.2"
+
+WHOAMI_HANDLER = '''"""Test function: the caller's address as minitwitter.http.client_ip sees it."""
+
+import flask
+from minitwitter.http import client_ip, endpoint, read_body, respond
+
+
+@endpoint("whoami", ["GET", "POST"])
+def handle(request: flask.Request) -> flask.Response:
+    body = read_body(request)  # 413 (JSON) over MAX_BODY_BYTES
+    return respond(200, {"client_ip": client_ip(request), "peer": request.remote_addr,
+                         "forwarded_for": request.headers.get("X-Forwarded-For"),
+                         "body_bytes": len(body)})
+'''
+
+pytestmark = pytest.mark.slow
+
+
+def nginx_binary() -> str:
+    """Debian's nginx (``apt-get install nginx``); the test fails, not skips, without it."""
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+    if found is None:
+        pytest.fail("nginx is not installed (apt-get install -y nginx); .ci/run installs it")
+    return found
+
+
+def render_conf(conf: str, upstreams: tuple[str, str], listen: str, tmp: Path) -> str:
+    """The production config with local upstreams, listen address and temp paths."""
+
+    def sub_once(pattern: str, repl: str, text: str) -> str:
+        out, count = re.subn(pattern, repl, text)
+        assert count == 1, f"nginx.conf: expected exactly one match of {pattern!r}, got {count}"
+        return out
+
+    conf = sub_once(r"server gateway-1:8080\b", f"server {upstreams[0]}", conf)
+    conf = sub_once(r"server gateway-2:8080\b", f"server {upstreams[1]}", conf)
+    conf = sub_once(r"listen 8080\b", f"listen {listen}", conf)
+    return conf.replace(" /tmp/", f" {tmp}/")
+
+
+@dataclass
+class Nginx:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def nginx_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: nginx's workers run as "nobody" when the test runs as root, and they
+    # must be able to reach the temp folders.
+    path = Path(tempfile.mkdtemp(prefix="mt-nginx-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_nginx(nginx_dir: Path) -> Iterator[Any]:
+    """Factory: run nginx in the foreground in front of two upstream addresses."""
+    running: list[Nginx] = []
+
+    def start(upstreams: tuple[str, str]) -> Nginx:
+        port = embedded.free_port()
+        conf = render_conf(NGINX_CONF.read_text(), upstreams, f"127.0.0.1:{port}", nginx_dir)
+        conf_path = nginx_dir / "nginx.conf"
+        conf_path.write_text(conf)
+        log = nginx_dir / "nginx.out"
+        binary = nginx_binary()
+        test = subprocess.run([binary, "-t", "-e", "stderr", "-p", f"{nginx_dir}/", "-c", str(conf_path)],
+                              capture_output=True, text=True)
+        assert test.returncode == 0, test.stderr
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [binary, "-e", "stderr", "-p", f"{nginx_dir}/", "-c", str(conf_path), "-g", "daemon off;"],
+                stdout=out, stderr=out)
+        server = Nginx(proc, f"http://127.0.0.1:{port}", log)
+        running.append(server)
+        deadline = time.monotonic() + 10
+        while not embedded.port_open("127.0.0.1", port):
+            assert proc.poll() is None, f"nginx exited: {server.output()}"
+            assert time.monotonic() < deadline, "nginx did not listen within 10 s"
+            time.sleep(0.05)
+        return server
+
+    yield start
+    for server in running:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGQUIT)  # graceful shutdown
+            try:
+                server.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait(5)
+
+
+@pytest.fixture
+def stack_file(tmp_path: Path) -> Path:
+    """A stack with the fixture ``echo`` function and a ``whoami`` function (client_ip)."""
+    whoami = tmp_path / "functions" / "whoami"
+    whoami.mkdir(parents=True)
+    (whoami / "handler.py").write_text(WHOAMI_HANDLER)
+    stack = tmp_path / "stack.yml"
+    stack.write_text(
+        "version: 1.0\nprovider:\n  name: openfaas\n  gateway: http://127.0.0.1:8080\n"
+        "functions:\n"
+        f"  echo:\n    lang: python3-ff\n    handler: {ECHO_HANDLER}\n    image: test/echo:latest\n"
+        f"  whoami:\n    lang: python3-ff\n    handler: ./functions/whoami\n    image: test/whoami:latest\n")
+    return stack
+
+
+@pytest.fixture
+def cluster(start_gateway: Any, start_nginx: Any, stack_file: Path) -> tuple[Nginx, list[Any]]:
+    """nginx in front of two gateway replicas that trust only 127.0.0.1 (nginx) as a proxy."""
+    env = {"STACK_FILE": str(stack_file), "TRUSTED_PROXIES": "127.0.0.1/32", "GATEWAY_WORKERS": "1"}
+    gateways = [start_gateway(**env), start_gateway(**env)]
+    nginx = start_nginx(tuple(f"127.0.0.1:{gw.port}" for gw in gateways))
+    return nginx, gateways
+
+
+def instances(gateways: list[Any]) -> list[str]:
+    """The X-Gateway-Instance value of each replica (asked directly)."""
+    return [httpx.get(gw.url + "/healthz", timeout=30.0).headers["X-Gateway-Instance"] for gw in gateways]
+
+
+def client(nginx: Nginx) -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=CLIENT_ADDR)
+    return httpx.Client(base_url=nginx.url, transport=transport, timeout=30.0)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its children: a replica crashing, not shutting down politely."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    for victim in [pid, *children]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_round_robin_alternates_between_replicas(cluster: tuple[Nginx, list[Any]]) -> None:
+    nginx, gateways = cluster
+    ids = instances(gateways)
+    assert ids[0] != ids[1]
+    with client(nginx) as http:  # one keepalive connection: one nginx worker, one round-robin
+        seen = []
+        for _ in range(20):
+            response = http.get("/function/echo")
+            assert response.status_code == 200, response.text
+            seen.append(response.headers["X-Gateway-Instance"])
+    assert set(seen) == set(ids)
+    assert all(a != b for a, b in itertools.pairwise(seen)), seen
+    assert Counter(seen) == {ids[0]: 10, ids[1]: 10}
+
+
+def test_health_and_metrics_locations(cluster: tuple[Nginx, list[Any]]) -> None:
+    nginx, _ = cluster
+    with client(nginx) as http:
+        own = http.get("/nginx-health")
+        assert own.status_code == 200 and own.json() == {"status": "ok"}
+        assert "X-Gateway-Instance" not in own.headers
+        proxied = http.get("/healthz")
+        assert proxied.status_code == 200 and proxied.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+        assert "X-Gateway-Instance" in proxied.headers
+        blocked = http.get("/metrics")
+        assert blocked.status_code == 404 and blocked.json()["error"] == "not found"
+
+
+@pytest.mark.parametrize("how", ["stop", "crash"])
+def test_killing_a_replica_loses_no_request(cluster: tuple[Nginx, list[Any]], how: str) -> None:
+    """A replica stopped (SIGTERM, ``docker stop``) or crashing (SIGKILL, ``docker kill``) in the
+    middle of a request loop: nginx retries on the other replica, nothing is lost.
+
+    The one thing no proxy can retry is a response the dying replica had already started to send
+    (headers out, body cut by the crash): on a crash, only those may fail, and at most one per
+    client connection in flight at that instant.
+    """
+    nginx, gateways = cluster
+    ids = instances(gateways)
+    victim = gateways[1]
+    total, threads = 240, 4
+    done = Counter[str]()
+    lock = threading.Lock()
+    failures: list[tuple[str, BaseException | int]] = []
+    killed = threading.Event()
+    after_kill: list[str] = []
+
+    def kill() -> None:
+        assert victim.proc is not None
+        if how == "stop":
+            victim.proc.send_signal(signal.SIGTERM)  # gunicorn drains, then exits
+        else:
+            kill_tree(victim.proc.pid)
+        killed.set()
+
+    def run(worker: int) -> None:
+        with client(nginx) as http:
+            for i in range(total // threads):
+                try:
+                    response = http.get("/function/echo", params={"n": f"{worker}-{i}"})
+                except httpx.HTTPError as exc:
+                    failures.append((f"{worker}-{i}", exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append((f"{worker}-{i}", response.status_code))
+                    continue
+                with lock:
+                    done[response.headers["X-Gateway-Instance"]] += 1
+                    count = sum(done.values())
+                    if killed.is_set():
+                        after_kill.append(response.headers["X-Gateway-Instance"])
+                if count == total // 3 and not killed.is_set():
+                    kill()
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, range(threads)))
+    elapsed = time.monotonic() - started
+    assert killed.is_set()
+    if how == "stop":
+        assert failures == []
+        assert victim.proc is not None and victim.proc.wait(30) == 0
+    else:
+        assert len(failures) <= threads, failures
+        for _, error in failures:  # only bodies cut mid-response, never a refused or 5xx request
+            assert isinstance(error, httpx.RemoteProtocolError), failures
+            assert "without sending complete message body" in str(error), failures
+    assert sum(done.values()) + len(failures) == total
+    assert done[ids[0]] > 0 and done[ids[1]] > 0
+    # Once nginx noticed, only the survivor answers.
+    assert after_kill[-20:] == [ids[0]] * 20
+    assert elapsed < 60, f"{total} requests took {elapsed:.1f}s"
+    # The access log (JSON lines) shows the failover: requests that tried both replicas.
+    entries = [json.loads(line) for line in nginx.output().splitlines() if line.startswith("{")]
+    retried = [e for e in entries if ", " in e["upstream"]]
+    assert retried and all(e["status"] == 200 for e in retried), retried[:3]
+
+
+def test_oversized_body_gets_413_from_nginx(cluster: tuple[Nginx, list[Any]]) -> None:
+    nginx, _ = cluster
+    with client(nginx) as http:
+        too_big = http.post("/function/echo", content=b"x" * (NGINX_BODY_LIMIT + 1),
+                            headers={"Content-Type": "text/plain"})
+        assert too_big.status_code == 413
+        assert too_big.headers["Content-Type"] == "application/json"
+        assert too_big.json() == {"error": "request body too large", "details": {"max_bytes": NGINX_BODY_LIMIT}}
+        assert "X-Gateway-Instance" not in too_big.headers  # no replica saw it
+        # Under nginx's limit but over the function's MAX_BODY_BYTES: the function's own 413.
+        over_function = http.post("/function/whoami", content=b"x" * (200 * 1024),
+                                  headers={"Content-Type": "text/plain"})
+        assert over_function.status_code == 413
+        assert "X-Gateway-Instance" in over_function.headers
+        assert over_function.json()["details"] == {"max_bytes": 64 * 1024}
+        fits = http.post("/function/whoami", content=b"x" * (64 * 1024), headers={"Content-Type": "text/plain"})
+        assert fits.status_code == 200 and fits.json()["body_bytes"] == 64 * 1024
+
+
+def test_forwarded_for_reaches_functions_as_client_ip_expects(cluster: tuple[Nginx, list[Any]]) -> None:
+    nginx, gateways = cluster
+    with client(nginx) as http:
+        echoed = http.get("/function/echo").json()
+        assert echoed["forwarded_for"] == CLIENT_ADDR  # nginx appended the client's address
+        seen = http.get("/function/whoami").json()
+        assert seen == {"client_ip": CLIENT_ADDR, "peer": "127.0.0.1", "forwarded_for": CLIENT_ADDR,
+                        "body_bytes": 0}
+        # A client forging X-Forwarded-For: nginx appends the real address, and client_ip walks
+        # the chain from the right, stopping at the first address that is not a trusted proxy.
+        forged = http.get("/function/whoami", headers={"X-Forwarded-For": "203.0.113.9"}).json()
+        assert forged["forwarded_for"] == f"203.0.113.9, {CLIENT_ADDR}"
+        assert forged["client_ip"] == CLIENT_ADDR
+    # Without nginx in the way, the same forged header from an untrusted peer is ignored too.
+    direct = httpx.Client(transport=httpx.HTTPTransport(local_address=CLIENT_ADDR), timeout=30.0)
+    with direct:
+        seen = direct.get(gateways[0].url + "/function/whoami",
+                          headers={"X-Forwarded-For": "203.0.113.9"}).json()
+    assert seen["peer"] == CLIENT_ADDR and seen["client_ip"] == CLIENT_ADDR
+
+
+@pytest.mark.no_stores
+def test_all_replicas_down_gives_json_503(start_nginx: Any) -> None:
+    dead = (f"127.0.0.1:{embedded.free_port()}", f"127.0.0.1:{embedded.free_port()}")
+    nginx = start_nginx(dead)
+    response = httpx.get(nginx.url + "/function/echo", timeout=30.0)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json() == {"error": "no gateway replica is available", "details": {}}
