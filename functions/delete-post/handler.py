@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import flask
 
-from minitwitter import auth, errors, posts
-from minitwitter.http import endpoint, path_parts, respond
-from minitwitter.jsonshape import parse_id
+from minitwitter import auth, posts
+from minitwitter.http import endpoint, path_id, respond
 
 
 @endpoint("delete-post", ["DELETE"])
 def handle(request: flask.Request) -> flask.Response:
     """Delete the caller's post."""
     account_id = auth.require_account(request)
-    parts = path_parts(request)
-    post_id = parse_id(parts[0]) if len(parts) == 1 else None
-    if post_id is None:
-        raise errors.NotFound("post not found")
+    post_id = path_id(request, "post")
     posts.delete(account_id, post_id)
     return respond(204)

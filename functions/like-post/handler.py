@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import flask
 
-from minitwitter import auth, errors, likes
-from minitwitter.http import endpoint, path_parts, respond
-from minitwitter.jsonshape import parse_id
+from minitwitter import auth, likes
+from minitwitter.http import endpoint, path_id, respond
 
 
 @endpoint("like-post", ["POST", "DELETE"])
 def handle(request: flask.Request) -> flask.Response:
     """Like or unlike the post named in the path."""
     account_id = auth.require_account(request)
-    parts = path_parts(request)
-    post_id = parse_id(parts[0]) if len(parts) == 1 else None
-    if post_id is None:
-        raise errors.NotFound("post not found")
+    post_id = path_id(request, "post")
     write = likes.like if request.method == "POST" else likes.unlike
     return respond(200, write(account_id, post_id))

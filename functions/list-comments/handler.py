@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import flask
 
-from minitwitter import auth, comments, errors, pagination
-from minitwitter.http import JSON, endpoint, path_parts
-from minitwitter.jsonshape import parse_id
+from minitwitter import auth, comments, pagination
+from minitwitter.http import JSON, endpoint, path_id
 
 
 @endpoint("list-comments", ["GET"])
 def handle(request: flask.Request) -> flask.Response:
     """Return one page of a post's comments."""
     auth.optional_account(request)
-    parts = path_parts(request)
-    post_id = parse_id(parts[0]) if len(parts) == 1 else None
-    if post_id is None:
-        raise errors.NotFound("post not found")
+    post_id = path_id(request, "post")
     listing = comments.list_for_post(post_id, pagination.parse(request.args))
     response = flask.Response(listing.body, status=200, mimetype=JSON)
     if listing.link:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import flask
 
-from minitwitter import auth, errors, logs, posts
-from minitwitter.http import endpoint, parse_json, path_parts, respond
-from minitwitter.jsonshape import parse_id
+from minitwitter import auth, logs, posts
+from minitwitter.http import endpoint, parse_json, path_id, respond
 
 
 @endpoint("update-post", ["PATCH", "PUT"])
 def handle(request: flask.Request) -> flask.Response:
     """Edit the caller's post."""
     account_id = auth.require_account(request)
-    parts = path_parts(request)
-    post_id = parse_id(parts[0]) if len(parts) == 1 else None
-    if post_id is None:
-        raise errors.NotFound("post not found")
+    post_id = path_id(request, "post")
     post = posts.update(account_id, post_id, parse_json(request),
                         callback_header=request.headers.get("X-Callback-Url"),
                         call_id=logs.call_id_var.get())

@@ -20,6 +20,7 @@ import orjson
 
 from . import errors, logs, metrics, ratelimit
 from .config import get_config
+from .jsonshape import parse_id
 
 log = logging.getLogger("minitwitter.request")
 
@@ -100,6 +101,15 @@ def parse_json(request: flask.Request, *, allow_empty: bool = False) -> dict[str
 def path_parts(request: flask.Request) -> list[str]:
     """Path segments after ``/function/<name>`` (the gateway strips the prefix)."""
     return [p for p in request.path.split("/") if p]
+
+
+def path_id(request: flask.Request, noun: str) -> int:
+    """The single id of a ``/<id>`` path; 404 ("<noun> not found") for any other path."""
+    parts = path_parts(request)
+    value = parse_id(parts[0]) if len(parts) == 1 else None
+    if value is None:
+        raise errors.NotFound(f"{noun} not found")
+    return value
 
 
 @lru_cache(maxsize=16)
