@@ -11,10 +11,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
+
+import redis
+from rq import SimpleWorker
 
 from minitwitter import cache, logs
 from minitwitter.config import Config, get_config
-from rq import SimpleWorker
 
 from . import observability
 
@@ -22,6 +25,8 @@ log = logging.getLogger("minitwitter.worker")
 
 #: Queues in priority order: user-visible async calls first, then verdicts, then deliveries.
 QUEUES = ("faas-request", "sentiment", "callbacks", "default")
+#: Seconds between checks whether Redis is back after a worker lost it.
+REDIS_RETRY_SECONDS = 0.5
 
 
 def queue_names(config: Config | None = None) -> list[str]:
@@ -30,17 +35,36 @@ def queue_names(config: Config | None = None) -> list[str]:
 
 
 def run_worker(burst: bool = False) -> None:
-    """Run one worker in this process until told to stop."""
-    logs.configure_logging("worker")
-    cache.reset()
-    worker = SimpleWorker(queue_names(), connection=cache.client())
-    try:
-        from minitwitter import jobs  # sentiment pipeline: periodic reconciler, if present
+    """Run one worker in this process until told to stop; outlive Redis outages.
 
-        jobs.on_worker_start(worker)
-    except ImportError:
-        pass
-    worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+    RQ's work loop quits (raising from its teardown) when Redis goes away; the worker is then
+    started again once Redis answers, so a Redis restart never needs a worker restart.
+    """
+    logs.configure_logging("worker")
+    hooked = False
+    while True:
+        cache.reset()
+        worker = SimpleWorker(queue_names(), connection=cache.client())
+        if not hooked:
+            hooked = True
+            try:
+                from minitwitter import jobs  # sentiment pipeline: periodic reconciler, if present
+
+                jobs.on_worker_start(worker)
+            except ImportError:
+                pass
+        try:
+            worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+            return
+        except (redis.RedisError, OSError) as exc:
+            if burst:
+                raise
+            log.warning("worker lost Redis; restarting", extra={"error": type(exc).__name__})
+        # RQ's handlers would raise into this loop; while idle, SIGTERM/SIGINT simply end it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        while not cache.ping():
+            time.sleep(REDIS_RETRY_SECONDS)
 
 
 def main() -> None:

@@ -118,7 +118,7 @@ class Config:
     stack_file: str = str(REPO_ROOT / "stack.yml")
     gateway_basic_auth: bool = True
     gateway_state_ttl: float = 1.0
-    gateway_access_log: bool = True
+    gateway_access_log: bool = False
     # requests
     max_body_bytes: int = 64 * 1024
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")

@@ -1,0 +1,485 @@
+"""Sentiment jobs: enqueue after a write, batch classification in the worker, the reconciler.
+
+Flow::
+
+    create/update-post, add-comment ──commit──▶ enqueue_sentiment(kind, id, version)
+        SET sentiment:queued:<kind>:<id>:<version> NX  ─┐ one Lua call: a repeated enqueue of
+        RPUSH sentiment:todo "<kind>:<id>:<version>:<call id>" ┘ the same item version is a no-op
+        (+ an RQ ``drain`` job on the ``sentiment`` queue when the list was empty, and one more
+        every DRAIN_TRIGGER items so several workers share a backlog)
+    worker: drain() pops up to a batch of tokens, waits SENTIMENT_BATCH_WAIT for more, takes a
+        PostgreSQL advisory lock per item (two workers never process one item at once; the lock
+        dies with a killed worker's connection), skips outdated versions and finished items,
+        classifies, writes verdicts (never touching ``updated_at``, only while the version still
+        matches), invalidates caches and queues callbacks.
+
+Nothing is lost: PostgreSQL is the truth and Redis only a queue. The reconciler, run in every
+worker (one at a time, through a Redis lock) at start and every ``RECONCILE_INTERVAL`` seconds,
+re-enqueues items ``pending`` longer than ``SENTIMENT_PENDING_GRACE`` (Redis was down, a worker
+was killed mid-batch), items whose retry is due and ``failed`` items whose backoff has passed,
+and re-queues overdue callback deliveries. Failures: retryable errors (timeouts, connection
+errors, 5xx) are retried with exponential backoff (``SENTIMENT_RETRY_BASE`` doubling, capped at
+``SENTIMENT_RETRY_MAX``); after ``SENTIMENT_MAX_ATTEMPTS`` attempts, or at once for a missing
+model, the item is ``failed`` with a reason (or VADER answers when ``SENTIMENT_FALLBACK=vader``).
+An error never becomes a label.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+from rq import Queue
+
+from . import cache, db, errors, logs, metrics, sentiment
+from .config import Config, get_config
+from .sentiment import Backend, BackendError, Verdict
+
+log = logging.getLogger(__name__)
+
+KINDS = ("post", "comment")
+SENTIMENT_QUEUE = "sentiment"
+TODO_KEY = "sentiment:todo"
+QUEUED_PREFIX = "sentiment:queued:"
+RECONCILE_LOCK = "sentiment:reconcile:lock"
+#: A queued marker outlives any plausible backlog; it only guards against duplicates.
+QUEUED_TTL_SECONDS = 24 * 3600
+#: Queue one more drain job every this many queued items so that workers share a backlog.
+DRAIN_TRIGGER = 64
+#: A drain job hands over to a fresh job after this long, so other queues are not starved.
+DRAIN_BUDGET_SECONDS = 5.0
+RECONCILE_LIMIT = 10000
+#: Advisory-lock namespace of sentiment items (high byte), so keys do not collide with others.
+LOCK_NAMESPACE = 0x5E << 56
+
+_ENQUEUE_LUA = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  return redis.call('RPUSH', KEYS[2], ARGV[1])
+end
+return 0
+"""
+
+# Fixed SQL per kind (table names cannot be bound parameters; nothing here comes from input).
+_SQL: dict[str, dict[str, str]] = {}
+for _kind, _table, _post in (("post", "posts", "id"), ("comment", "comments", "post_id")):
+    _SQL[_kind] = {
+        "fetch": f"SELECT id, {_post}, content, sentiment_version, sentiment_status, sentiment_attempts"
+                 f" FROM {_table}"
+                 " WHERE id = ANY(CAST(:ids AS bigint[]))",
+        "done": f"UPDATE {_table} AS t SET sentiment_status = 'done', sentiment_label = v.label,"
+                " sentiment_score = v.score, sentiment_backend = v.backend, sentiment_model = v.model,"
+                " sentiment_reason = NULL, sentiment_attempts = t.sentiment_attempts + 1,"
+                " sentiment_next_at = NULL, sentiment_updated_at = now()"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:versions AS int[]), CAST(:labels AS text[]),"
+                " CAST(:scores AS float8[]), CAST(:backends AS text[]), CAST(:models AS text[]))"
+                " AS v(id, version, label, score, backend, model)"
+                " WHERE t.id = v.id AND t.sentiment_version = v.version AND t.sentiment_status <> 'done'"
+                f" RETURNING t.id, t.{_post}, t.sentiment_version",
+        "fail": f"UPDATE {_table} AS t SET sentiment_attempts = t.sentiment_attempts + 1,"
+                " sentiment_reason = v.reason, sentiment_updated_at = now(),"
+                " sentiment_status = CASE WHEN NOT v.retryable OR t.sentiment_attempts + 1 >= :max"
+                " THEN 'failed' ELSE t.sentiment_status END,"
+                " sentiment_next_at = now() + make_interval(secs =>"
+                " least(:base * power(2, t.sentiment_attempts), :cap))"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:versions AS int[]), CAST(:reasons AS text[]),"
+                " CAST(:retryable AS boolean[])) AS v(id, version, reason, retryable)"
+                " WHERE t.id = v.id AND t.sentiment_version = v.version AND t.sentiment_status <> 'done'"
+                f" RETURNING t.id, t.{_post}, t.sentiment_version, t.sentiment_status,"
+                " EXTRACT(EPOCH FROM t.sentiment_next_at - now())",
+        "due": f"SELECT id, sentiment_version FROM {_table} WHERE sentiment_status IN ('pending', 'failed')"
+               " AND ((sentiment_status = 'pending' AND COALESCE(sentiment_next_at,"
+               " updated_at + make_interval(secs => :grace)) <= now())"
+               " OR (sentiment_status = 'failed' AND COALESCE(sentiment_next_at, now()) <= now()))"
+               " ORDER BY id LIMIT :limit",
+        "oldest": f"SELECT EXTRACT(EPOCH FROM now() - min(updated_at)) FROM {_table}"
+                  " WHERE sentiment_status = 'pending'",
+    }
+_KIND_CODE = {"post": 0, "comment": 1}
+
+
+@dataclass
+class Item:
+    """One queued sentiment job: an item version, with the call id that caused it."""
+
+    kind: str
+    id: int
+    version: int
+    call_id: str | None = None
+    post_id: int = 0
+    text: str = ""
+    status: str = "pending"
+    attempts: int = 0
+
+    @property
+    def token(self) -> str:
+        return f"{self.kind}:{self.id}:{self.version}:{self.call_id or ''}"
+
+    @property
+    def queued_key(self) -> str:
+        return f"{QUEUED_PREFIX}{self.kind}:{self.id}:{self.version}"
+
+    @property
+    def lock_key(self) -> int:
+        return LOCK_NAMESPACE + self.id * 2 + _KIND_CODE[self.kind]
+
+
+def parse_token(token: bytes | str) -> Item | None:
+    """The item a queue token names (None for garbage, which is dropped)."""
+    text = token.decode("utf-8", "replace") if isinstance(token, bytes) else token
+    parts = text.split(":", 3)
+    if len(parts) < 3 or parts[0] not in KINDS:
+        return None
+    try:
+        return Item(parts[0], int(parts[1]), int(parts[2]), (parts[3] if len(parts) > 3 else "") or None)
+    except ValueError:
+        return None
+
+
+# --- enqueue -----------------------------------------------------------------------------------
+
+def _sentiment_queue(config: Config | None = None) -> Queue:
+    return Queue(SENTIMENT_QUEUE, connection=cache.client(config))
+
+
+def _enqueue_drain(config: Config | None = None) -> None:
+    _sentiment_queue(config).enqueue(drain, result_ttl=0, failure_ttl=3600, job_timeout=600,
+                                     description="sentiment drain")
+
+
+_scripts: dict[int, Any] = {}
+
+
+def _enqueue_script(r: redis.Redis) -> Any:
+    """The registered enqueue script of this client (EVALSHA: one round trip per enqueue)."""
+    script = _scripts.get(id(r))
+    if script is None:
+        _scripts.clear()
+        script = _scripts[id(r)] = r.register_script(_ENQUEUE_LUA)
+    return script
+
+
+def _push(items: Iterable[Item], config: Config | None = None) -> int:
+    """Queue items (deduplicated); returns how many were new. Raises Redis errors."""
+    r = cache.client(config)
+    script = _enqueue_script(r)
+    todo = list(items)
+    if not todo:
+        return 0
+    if len(todo) == 1:
+        item = todo[0]
+        length = int(script(keys=[item.queued_key, TODO_KEY], args=[item.token, QUEUED_TTL_SECONDS]))
+        if length == 1 or (length and length % DRAIN_TRIGGER == 0):
+            _enqueue_drain(config)
+        return 1 if length else 0
+    pipe = r.pipeline(transaction=False)
+    for item in todo:
+        script(keys=[item.queued_key, TODO_KEY], args=[item.token, QUEUED_TTL_SECONDS], client=pipe)
+    lengths = [int(n) for n in pipe.execute()]
+    if any(lengths):
+        _enqueue_drain(config)
+    return sum(1 for n in lengths if n)
+
+
+def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None = None) -> bool:
+    """Queue the analysis of one item version; call after the write's transaction commits.
+
+    Never raises: returns False when Redis cannot take the job (the reconciler re-enqueues the
+    item later). A repeated enqueue of the same (kind, id, version) while it waits is a no-op.
+    """
+    if kind not in KINDS:
+        log.error("unknown sentiment item kind", extra={"kind": kind})
+        return False
+    if cache.is_down():
+        return False
+    try:
+        _push([Item(kind, int(item_id), int(version), call_id)])
+    except (redis.RedisError, OSError) as exc:
+        cache.mark_down(exc)
+        metrics.JOBS.labels("sentiment-enqueue", "error").inc()
+        return False
+    except Exception:
+        log.exception("sentiment enqueue failed")
+        return False
+    return True
+
+
+def requeue(tokens: list[str]) -> int:
+    """RQ job: put items back in the queue (scheduled retries use this)."""
+    items = [i for i in (parse_token(t) for t in tokens) if i is not None]
+    return _push(items)
+
+
+# --- the worker side ---------------------------------------------------------------------------
+
+def drain() -> int:
+    """RQ job: classify queued items batch by batch until the queue is empty (or the budget ends)."""
+    cfg = get_config()
+    r = cache.client()
+    deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
+    processed = 0
+    while True:
+        backend = sentiment.current_backend(cfg)
+        size = backend.batch_size * (cfg.ollama_parallel if backend.name == "ollama" else 1)
+        tokens: list[Any] = list(r.lpop(TODO_KEY, size) or [])  # type: ignore[arg-type]
+        if tokens and len(tokens) < size and cfg.sentiment_batch_wait > 0:
+            time.sleep(cfg.sentiment_batch_wait)
+            tokens += list(r.lpop(TODO_KEY, size - len(tokens)) or [])  # type: ignore[arg-type]
+        if not tokens:
+            return processed
+        items = [i for i in (parse_token(t) for t in tokens) if i is not None]
+        if items:
+            # Popped items may be queued again at once (an edit, the reconciler).
+            r.delete(*{i.queued_key for i in items})
+            processed += process_batch(items, backend, cfg)
+        if time.monotonic() > deadline:
+            if r.llen(TODO_KEY):
+                _enqueue_drain(cfg)
+            return processed
+
+
+def process_batch(items: list[Item], backend: Backend, cfg: Config) -> int:
+    """Classify and record one batch; returns how many verdicts were written."""
+    started = time.perf_counter()
+    latest: dict[tuple[str, int], Item] = {}
+    for item in items:
+        key = (item.kind, item.id)
+        if key not in latest or latest[key].version < item.version:
+            latest[key] = item
+    unique = list(latest.values())
+    keys = [i.lock_key for i in unique]
+    try:
+        locked = {int(k) for (k,) in db.run(
+            "SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE pg_try_advisory_lock(k)", keys=keys)}
+        try:
+            work = _load([i for i in unique if i.lock_key in locked])
+            written = _classify_and_record(work, backend, cfg) if work else 0
+        finally:
+            if locked:
+                db.run("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k",
+                       keys=sorted(locked))
+    except errors.MinitwitterError:
+        # PostgreSQL trouble: put the batch back for later and let RQ record the failure.
+        metrics.JOBS.labels("sentiment", "error").inc()
+        db.close_connection()
+        cache.soft(lambda _r: _push(unique, cfg), 0)
+        raise
+    skipped = len(unique) - len(locked)
+    if skipped:
+        metrics.JOBS.labels("sentiment", "locked").inc(skipped)
+    metrics.JOB_SECONDS.labels("sentiment").observe(time.perf_counter() - started)
+    return written
+
+
+def _load(items: list[Item]) -> list[Item]:
+    """Fill in texts; drop outdated versions and finished items (they need nothing)."""
+    work: list[Item] = []
+    for kind in KINDS:
+        wanted = {i.id: i for i in items if i.kind == kind}
+        if not wanted:
+            continue
+        for row_id, post_id, content, version, status, attempts in db.run(_SQL[kind]["fetch"],
+                                                                          ids=list(wanted)):
+            item = wanted[row_id]
+            if version != item.version or status == "done":
+                metrics.JOBS.labels("sentiment", "stale" if version != item.version else "duplicate").inc()
+                continue
+            item.post_id, item.text, item.status, item.attempts = int(post_id), content, status, attempts
+            work.append(item)
+    return work
+
+
+def _classify_and_record(work: list[Item], backend: Backend, cfg: Config) -> int:
+    outcomes = sentiment.classify(backend, [i.text for i in work])
+    failed = [n for n, o in enumerate(outcomes) if isinstance(o, BackendError)]
+    if failed and backend.name == "ollama":
+        alternative = sentiment.report_failure(cfg) if cfg.sentiment_backend == "auto" else None
+        if alternative is None or alternative.name == "ollama":
+            alternative = sentiment.fallback_backend(cfg)
+            # Without "auto", the fallback answers only once retries are exhausted or pointless.
+            if alternative is not None:
+                failed = [n for n in failed if _is_final(work[n], outcomes[n], cfg)]  # type: ignore[arg-type]
+        if alternative is not None and alternative.name != "ollama" and failed:
+            redo = sentiment.classify(alternative, [work[n].text for n in failed])
+            for n, outcome in zip(failed, redo, strict=True):
+                outcomes[n] = outcome
+    done = [(i, o) for i, o in zip(work, outcomes, strict=True) if isinstance(o, Verdict)]
+    bad = [(i, o) for i, o in zip(work, outcomes, strict=True) if isinstance(o, BackendError)]
+    written = _record_verdicts(done) if done else 0
+    if bad:
+        _record_failures(bad, backend, cfg)
+    return written
+
+
+def _is_final(item: Item, error: BackendError, cfg: Config) -> bool:
+    """True when this failure would leave the item ``failed`` (no retry will follow)."""
+    return not error.retryable or item.attempts + 1 >= cfg.sentiment_max_attempts
+
+
+def _record_verdicts(done: list[tuple[Item, Verdict]]) -> int:
+    from . import callbacks
+
+    written: list[tuple[Item, Verdict]] = []
+    delivery_ids: list[int] = []
+    with db.transaction():
+        for kind in KINDS:
+            batch = [(i, v) for i, v in done if i.kind == kind]
+            if not batch:
+                continue
+            rows = db.run(_SQL[kind]["done"], ids=[i.id for i, _ in batch],
+                          versions=[i.version for i, _ in batch], labels=[v.label for _, v in batch],
+                          scores=[v.score for _, v in batch], backends=[v.backend for _, v in batch],
+                          models=[v.model for _, v in batch])
+            ok = {int(r[0]) for r in rows}
+            kept = [(i, v) for i, v in batch if i.id in ok]
+            written.extend(kept)
+            delivery_ids += callbacks.create_deliveries(
+                kind, [(i.id, i.version, i.post_id, v.as_json()) for i, v in kept])
+    for _item, verdict in written:
+        metrics.SENTIMENT_ITEMS.labels(verdict.backend, verdict.label, "done").inc()
+    _invalidate([item for item, _ in written])
+    callbacks.enqueue_deliveries(delivery_ids)
+    return len(written)
+
+
+def _record_failures(bad: list[tuple[Item, BackendError]], backend: Backend, cfg: Config) -> None:
+    from . import callbacks
+
+    retry_tokens: list[str] = []
+    retry_delay = cfg.sentiment_retry_max
+    delivery_ids: list[int] = []
+    with db.transaction():
+        for kind in KINDS:
+            batch = [(i, e) for i, e in bad if i.kind == kind]
+            if not batch:
+                continue
+            rows = db.run(_SQL[kind]["fail"], ids=[i.id for i, _ in batch],
+                          versions=[i.version for i, _ in batch], reasons=[e.reason for _, e in batch],
+                          retryable=[e.retryable for _, e in batch], max=cfg.sentiment_max_attempts,
+                          base=cfg.sentiment_retry_base, cap=cfg.sentiment_retry_max)
+            by_id = {i.id: (i, e) for i, e in batch}
+            final: list[tuple[int, int, int, dict[str, Any]]] = []
+            for row_id, post_id, version, status, delay in rows:
+                item, error = by_id[int(row_id)]
+                if status == "pending":
+                    retry_tokens.append(item.token)
+                    retry_delay = min(retry_delay, max(0.0, float(delay)))
+                    metrics.SENTIMENT_ITEMS.labels(backend.name, "none", "retry").inc()
+                elif item.status == "pending":  # newly failed: tell the callbacks once
+                    metrics.SENTIMENT_ITEMS.labels(backend.name, "none", "failed").inc()
+                    log.warning("sentiment analysis failed", extra={
+                        "kind": kind, "item_id": item.id, "reason": error.reason, "call_id": item.call_id})
+                    final.append((item.id, version, int(post_id), {
+                        "status": "failed", "label": None, "score": None, "model": backend.model}))
+            delivery_ids += callbacks.create_deliveries(kind, final, consume=False)
+    _invalidate([item for item, _ in bad])
+    callbacks.enqueue_deliveries(delivery_ids)
+    if retry_tokens:
+        try:
+            _sentiment_queue(cfg).enqueue_in(timedelta(seconds=retry_delay), requeue, retry_tokens,
+                                             result_ttl=0, failure_ttl=3600)
+        except (redis.RedisError, OSError) as exc:
+            cache.mark_down(exc)  # the reconciler picks them up when their retry is due
+
+
+def _invalidate(items: list[Item]) -> None:
+    """Drop the caches that show the items (the API modules own them; tolerate their absence).
+
+    Uses the modules' batch functions (``posts.invalidate_posts(ids)``,
+    ``comments.invalidate_comments([(post_id, comment_id)])``) when they exist, one call per
+    item otherwise.
+    """
+    post_ids = [i.id for i in items if i.kind == "post"]
+    comment_ids = [(i.post_id, i.id) for i in items if i.kind == "comment"]
+    try:
+        if post_ids:
+            from . import posts
+
+            many = getattr(posts, "invalidate_posts", None)
+            if many is not None:
+                many(post_ids)
+            else:
+                for post_id in post_ids:
+                    posts.invalidate_post(post_id)
+        if comment_ids:
+            from . import comments  # type: ignore[attr-defined]
+
+            many = getattr(comments, "invalidate_comments", None)
+            if many is not None:
+                many(comment_ids)
+            else:
+                for post_id, comment_id in comment_ids:
+                    comments.invalidate_comment(post_id, comment_id)
+    except (ImportError, AttributeError):
+        pass
+    except Exception:
+        # A stale cache entry expires on its own; the verdict itself is stored.
+        log.warning("cache invalidation failed", exc_info=True)
+
+
+# --- reconciler --------------------------------------------------------------------------------
+
+def reconcile(config: Config | None = None) -> dict[str, int]:
+    """Re-enqueue items left pending too long or due for a retry; re-queue overdue callbacks."""
+    from . import callbacks
+
+    cfg = config or get_config()
+    counts: dict[str, int] = {}
+    for kind in KINDS:
+        rows = db.run(_SQL[kind]["due"], grace=cfg.sentiment_pending_grace, limit=RECONCILE_LIMIT)
+        counts[kind] = _push([Item(kind, int(i), int(v)) for i, v in rows], cfg) if rows else 0
+    if cache.client(cfg).llen(TODO_KEY):
+        _enqueue_drain(cfg)  # the drain job of a killed worker is gone; start a new one
+    counts["callbacks"] = callbacks.requeue_overdue(cfg)
+    if any(counts.values()):
+        log.info("reconciled", extra=counts)
+    return counts
+
+
+def _reconcile_loop(worker_name: str, cfg: Config) -> None:
+    while True:
+        with logs.context(function="sentiment-reconciler"):
+            try:
+                sentiment.current_backend(cfg)  # "auto" re-checks Ollama's /api/tags when due
+                if cache.client(cfg).set(RECONCILE_LOCK, worker_name, nx=True,
+                                         px=max(100, int(cfg.reconcile_interval * 900))):
+                    reconcile(cfg)
+            except (redis.RedisError, OSError) as exc:
+                cache.mark_down(exc)
+            except Exception:
+                log.exception("reconciler failed")
+        time.sleep(max(0.2, cfg.reconcile_interval))
+
+
+def on_worker_start(worker: Any) -> None:
+    """Hook called by ``gateway.worker`` before a worker starts: run the reconciler loop."""
+    cfg = get_config()
+    thread = threading.Thread(target=_reconcile_loop, args=(str(worker.name), cfg),
+                              name="sentiment-reconciler", daemon=True)
+    thread.start()
+
+
+# --- metrics at scrape time --------------------------------------------------------------------
+
+def _queue_metrics() -> list[GaugeMetricFamily]:
+    depth = GaugeMetricFamily("minitwitter_sentiment_queue_depth",
+                              "Sentiment items waiting in the Redis queue")
+    age = GaugeMetricFamily("minitwitter_sentiment_oldest_pending_age_seconds",
+                            "Age of the oldest item still pending analysis", labels=["kind"])
+    depth.add_metric([], float(cache.soft(lambda r: r.llen(TODO_KEY), 0)))
+    for kind in KINDS:
+        try:
+            value = db.scalar(_SQL[kind]["oldest"])
+        except errors.MinitwitterError:
+            continue
+        age.add_metric([kind], float(value or 0.0))
+    return [depth, age]
+
+
+metrics.add_scrape_collector(_queue_metrics)
