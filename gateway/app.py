@@ -27,15 +27,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from minitwitter import cache, db, errors, logs, metrics
-from minitwitter.config import Config, use_config
-from minitwitter.http import dumps
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.wrappers import Request, Response
 
-from . import queue_worker
+from minitwitter import cache, db, errors, logs, metrics
+from minitwitter.config import Config, use_config
+from minitwitter.http import dumps
+
+from . import observability, queue_worker
 from .registry import Hosted, Registry
-from .worker import queue_names
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -70,7 +70,7 @@ class Gateway:
             max_workers=max(4, config.gateway_threads * 2), thread_name_prefix="fn")
         metrics.add_scrape_collector(self._service_counts)
         # Queue depth/age and the sentiment backlog, read from Redis and PostgreSQL per scrape.
-        metrics.register_backlog_collectors(queue_names(config))
+        observability.register_collectors(config)
 
     # -- WSGI -------------------------------------------------------------------------------
     def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
@@ -220,7 +220,7 @@ class Gateway:
         if len(body) > self.config.max_body_bytes * 16:
             return json_error(413, "request body too large")
         headers = [(k, v) for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "connection")]
+                   if k.lower() not in ("host", "content-length", "connection", "x-call-id", "x-start-time")]
         headers += [("X-Call-Id", call_id), ("X-Start-Time", started_ns)]
         message = {
             "Function": name, "Namespace": namespace, "Path": sub_path if sub_path != "/" else "",

@@ -92,6 +92,17 @@ class LogPruner:
                 return
 
 
+def register_collectors(config: Config) -> None:
+    """Scrape-time gauges for this process's /metrics: RQ queues, the sentiment backlog, and the
+    sentiment pipeline's own work-list collector (registered when its module is imported, so it
+    is imported here, at start, for every process to expose it from its first scrape)."""
+    from minitwitter import jobs  # noqa: F401 - import registers its collector
+
+    from .worker import queue_names
+
+    metrics.register_backlog_collectors(queue_names(config))
+
+
 def check_worker_settings(config: Config) -> None:
     """Refuse settings that would serve misleading metrics (call before forking workers)."""
     if config.worker_metrics_port and config.worker_count > 1 and not metrics.multiprocess_enabled():
@@ -109,9 +120,7 @@ def start_worker_services(config: Config) -> tuple[ThreadingHTTPServer | None, L
     metrics.SENTIMENT_BACKEND_CONFIGURED.labels(backend=config.sentiment_backend).set(1)
     server = None
     if config.worker_metrics_port:
-        from .worker import queue_names
-
-        metrics.register_backlog_collectors(queue_names(config))
+        register_collectors(config)
         server = serve_metrics(config.worker_metrics_bind, config.worker_metrics_port)
     pruner = LogPruner(config.log_retention_days, config.log_prune_interval).start()
     return server, pruner

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -149,7 +149,7 @@ def to_row(record: logging.LogRecord) -> dict[str, Any]:
     if record.exc_info:
         extra["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
     return {
-        "ts": datetime.fromtimestamp(record.created, tz=timezone.utc),
+        "ts": datetime.fromtimestamp(record.created, tz=UTC),
         "level": record.levelname,
         "logger": record.name,
         "message": message,
@@ -275,7 +275,7 @@ def query(*, name: str | None = None, since: datetime | None = None, tail: int |
             "name": function or logger,
             "namespace": namespace,
             "instance": instance or INSTANCE,
-            "timestamp": ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "timestamp": ts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "text": json.dumps(record, default=str),
         })
     return out

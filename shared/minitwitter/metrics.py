@@ -9,7 +9,8 @@ bounded label values (function names come from stack.yml, never from the URL).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -62,9 +63,10 @@ ASYNC_INVOCATIONS = Counter(
 POSTS_CREATED = Counter("minitwitter_posts_created", "Posts created")
 
 # --- Jobs, sentiment and callbacks ---------------------------------------------------------
-JOBS = Counter("minitwitter_jobs", "Background jobs by kind and outcome", ["job", "outcome"])
+# The label is "task", not "job": Prometheus' own target label "job" would rename it exported_job.
+JOBS = Counter("minitwitter_jobs", "Background jobs by kind and outcome", ["task", "outcome"])
 JOB_SECONDS = Histogram(
-    "minitwitter_job_duration_seconds", "Background job run time", ["job"], buckets=LATENCY_BUCKETS
+    "minitwitter_job_duration_seconds", "Background job run time", ["task"], buckets=LATENCY_BUCKETS
 )
 SENTIMENT_ITEMS = Counter(
     "minitwitter_sentiment_items", "Items classified, by backend, label and outcome",
@@ -90,8 +92,22 @@ CALLBACKS = Counter(
     "minitwitter_callback_deliveries", "Callback delivery attempts by kind and outcome", ["kind", "outcome"]
 )
 
+SENTIMENT_BACKEND_CONFIGURED = Gauge(
+    "minitwitter_sentiment_backend_configured", "1 for the SENTIMENT_BACKEND a worker was started with",
+    ["backend"], multiprocess_mode="livemax",
+)
+
 # --- Logs ------------------------------------------------------------------------------------
 LOG_RECORDS = Counter("minitwitter_log_records", "Log records by fate (stored/dropped)", ["outcome"])
+
+# Error counters with a known, bounded label set start at 0 in every process, so "no errors yet"
+# is a real zero on dashboards and in rate() instead of an absent series.
+for _dependency in ("postgres", "redis"):
+    DEPENDENCY_ERRORS.labels(dependency=_dependency)
+for _outcome in ("stored", "dropped"):
+    LOG_RECORDS.labels(outcome=_outcome)
+for _result in ("hit", "miss"):
+    SENTIMENT_CACHE.labels(result=_result)
 
 _extra_collectors: list[Collector] = []
 
@@ -125,9 +141,24 @@ def render() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 - re-expose defaults
             registry.register(collector)
-    for collector in _extra_collectors:
-        registry.register(collector)
+    registry.register(_FirstOfEachName(list(_extra_collectors)))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _FirstOfEachName(Collector):
+    """The scrape-time collectors, each metric name once: a second family with a name already
+    produced would make the whole exposition invalid ("second HELP line"), failing the scrape."""
+
+    def __init__(self, collectors: list[Collector]) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterable[Metric]:
+        seen: set[str] = set()
+        for collector in self._collectors:
+            for family in collector.collect():
+                if family.name not in seen:
+                    seen.add(family.name)
+                    yield family
 
 
 def mark_process_dead(pid: int) -> None:
@@ -136,3 +167,98 @@ def mark_process_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+# --- Scrape-time backlog gauges (read from Redis and PostgreSQL on every scrape) -------------
+#: RQ registries reported per queue, besides the queued jobs themselves.
+QUEUE_REGISTRIES = ("started", "scheduled", "deferred", "failed")
+#: Unfinished sentiment work per kind; both predicates match the partial "todo" indexes.
+_BACKLOG_SQL = """
+SELECT kind, count(*) FILTER (WHERE sentiment_status = 'pending'),
+       count(*) FILTER (WHERE sentiment_status = 'failed'),
+       COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at) FILTER (WHERE sentiment_status = 'pending')), 0)
+FROM (SELECT 'post' AS kind, sentiment_status, updated_at FROM posts
+      WHERE sentiment_status IN ('pending', 'failed')
+      UNION ALL
+      SELECT 'comment', sentiment_status, updated_at FROM comments
+      WHERE sentiment_status IN ('pending', 'failed')) todo
+GROUP BY kind
+"""
+SENTIMENT_KINDS = ("post", "comment")
+
+
+def _collector_status(name: str, ok: bool) -> GaugeMetricFamily:
+    family = GaugeMetricFamily("minitwitter_scrape_collector_success",
+                               "1 when a scrape-time collector could read its store", labels=["collector"])
+    family.add_metric([name], 1.0 if ok else 0.0)
+    return family
+
+
+def queue_families(queue_names: Sequence[str]) -> list[Metric]:
+    """Jobs per RQ queue and state, and the age of each queue's oldest waiting job."""
+    import redis
+    from rq import Queue
+    from rq.job import Job
+    from rq.utils import str_to_date
+
+    from . import cache
+
+    jobs = GaugeMetricFamily("minitwitter_queue_jobs", "RQ jobs per queue and state",
+                             labels=["queue", "state"])
+    age = GaugeMetricFamily("minitwitter_queue_oldest_job_age_seconds",
+                            "Age of the oldest job waiting in a queue (0 when empty)", labels=["queue"])
+    try:
+        conn = cache.client()
+        now = time.time()
+        for name in queue_names:
+            q = Queue(name, connection=conn)
+            jobs.add_metric([name, "queued"], float(q.count))
+            for state in QUEUE_REGISTRIES:
+                registry = getattr(q, f"{state}_job_registry")
+                jobs.add_metric([name, state], float(registry.get_job_count(cleanup=False)))
+            oldest = 0.0
+            first = q.get_job_ids(0, 1)
+            if first:
+                raw = conn.hget(Job.key_for(first[0]), "enqueued_at")
+                if raw:
+                    oldest = max(0.0, now - str_to_date(raw).timestamp())
+            age.add_metric([name], oldest)
+    except (redis.RedisError, OSError):
+        return [_collector_status("queues", False)]
+    return [jobs, age, _collector_status("queues", True)]
+
+
+def sentiment_backlog_families() -> list[Metric]:
+    """Items waiting for (or failed at) a verdict, and how long the oldest pending one has waited."""
+    from . import db, errors
+
+    items = GaugeMetricFamily("minitwitter_sentiment_backlog_items",
+                              "Posts and comments by unfinished sentiment status", labels=["kind", "status"])
+    age = GaugeMetricFamily("minitwitter_sentiment_oldest_pending_age_seconds",
+                            "Age of the oldest item still pending a verdict (0 when none)", labels=["kind"])
+    try:
+        with db.transaction():
+            db.run("SET LOCAL statement_timeout = '2s'")  # a scrape must never hang on a slow store
+            rows = {row[0]: row[1:] for row in db.run(_BACKLOG_SQL)}
+    except errors.MinitwitterError:
+        return [_collector_status("sentiment_backlog", False)]
+    for kind in SENTIMENT_KINDS:
+        pending, failed, oldest = rows.get(kind, (0, 0, 0))
+        items.add_metric([kind, "pending"], float(pending))
+        items.add_metric([kind, "failed"], float(failed))
+        age.add_metric([kind], max(0.0, float(oldest)))
+    return [items, age, _collector_status("sentiment_backlog", True)]
+
+
+def register_backlog_collectors(queue_names: Sequence[str]) -> None:
+    """Expose queue and sentiment backlog gauges on this process's /metrics (once)."""
+    global _backlog_registered
+    if _backlog_registered:
+        return
+    _backlog_registered = True
+    names = tuple(queue_names)
+    add_scrape_collector(lambda: queue_families(names))
+    add_scrape_collector(sentiment_backlog_families)
+
+
+_backlog_registered = False
