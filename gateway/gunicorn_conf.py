@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from minitwitter.config import load_config
 from minitwitter import metrics
+from minitwitter.config import load_config
 
 _cfg = load_config()
 
@@ -32,3 +32,29 @@ def post_fork(server, worker):  # noqa: ANN001, ARG001 - gunicorn hook signature
 
 def child_exit(server, worker):  # noqa: ANN001, ARG001 - gunicorn hook signature
     metrics.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):  # noqa: ANN001 - gunicorn hook signature
+    """Load every deployed function before this worker accepts connections.
+
+    Otherwise the first request to each function in each worker pays for importing its handler
+    and building its Flask app (tens of milliseconds, more under load), which shows up as p99
+    outliers. A function that fails to load here is logged and loaded again on first use, exactly
+    as before.
+    """
+    import logging
+
+    registry = getattr(worker.wsgi, "registry", None)
+    if registry is None:
+        return
+    try:
+        names = registry.deployed_names()
+    except Exception:  # noqa: BLE001 - PostgreSQL down at start: load lazily as before
+        logging.getLogger("minitwitter.gateway").warning("could not preload functions")
+        return
+    for name in names:
+        try:
+            registry.get(name)
+        except Exception:  # noqa: BLE001 - reported again on the first invocation
+            logging.getLogger("minitwitter.gateway").warning("could not preload function",
+                                                           extra={"function": name})

@@ -139,6 +139,7 @@ class Registry:
         self._state: dict[str, tuple[bool, int, dict[str, Any], int, datetime]] = {}
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
 
     # -- state ------------------------------------------------------------------------------
     def seed(self, *, redeploy: bool = False) -> None:
@@ -162,6 +163,10 @@ class Registry:
         now = time.monotonic()
         if not force and now - self._checked < self.config.gateway_state_ttl:
             return
+        # One thread refreshes; the others keep serving the current state instead of each
+        # opening a connection and re-reading the same rows at the same moment.
+        if not self._refreshing.acquire(blocking=force):
+            return
         try:
             rows = db.run("SELECT name, deployed, generation, spec, replicas, created_at FROM gateway_functions")
         except errors.MinitwitterError:
@@ -169,6 +174,8 @@ class Registry:
                 raise
             self._checked = now  # try again after the TTL; serve the last known state meanwhile
             return
+        finally:
+            self._refreshing.release()
         state = {}
         for name, deployed, generation, spec, replicas, created in rows:
             spec = spec if isinstance(spec, dict) else json.loads(spec)

@@ -28,7 +28,7 @@ ECHO_DIR = str(REPO_ROOT / "tests" / "fixtures" / "functions" / "echo")
 
 
 GATEWAY_ENV = {"STACK_FILE": FIXTURE_STACK, "GATEWAY_WORKERS": "2", "FUNCTION_TIMEOUT": "1.5",
-               "GATEWAY_STATE_TTL": "0.2"}
+               "GATEWAY_STATE_TTL": "0.2", "GATEWAY_ACCESS_LOG": "true"}
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +349,7 @@ def test_system_logs_are_ndjson_in_openfaas_shape(gw):
 
 # Last in the module: it starts its own gateway, which resets the shared function state.
 def test_async_callback_to_forbidden_address_is_refused(start_gateway, start_workers):
-    gw = start_gateway(STACK_FILE=FIXTURE_STACK, CALLBACK_ALLOW_HOSTS="")
+    gw = start_gateway(STACK_FILE=FIXTURE_STACK, CALLBACK_ALLOW_HOSTS="", GATEWAY_ACCESS_LOG="true")
     start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1", CALLBACK_ALLOW_HOSTS="")
     with Receiver() as receiver:
         r = httpx.post(f"{gw.url}/async-function/echo", content=b"x",

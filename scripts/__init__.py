@@ -1,0 +1,1 @@
+"""Developer scripts run as modules: ``python -m scripts.bench`` (``make bench``) and friends."""
