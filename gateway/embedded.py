@@ -159,6 +159,7 @@ def system_redis_binary() -> str | None:
 def ensure_database(url: str) -> None:
     """Create the database named in ``url`` if the server does not have it yet."""
     import pg8000.native
+
     from minitwitter.db import connect_params
 
     params = connect_params(url)

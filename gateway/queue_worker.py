@@ -16,9 +16,10 @@ from typing import Any
 
 import httpx
 import redis
+from rq import Queue, Retry
+
 from minitwitter import cache, errors, logs, metrics, netguard
 from minitwitter.config import Config, get_config
-from rq import Queue, Retry
 
 log = logging.getLogger("minitwitter.queue_worker")
 
