@@ -181,7 +181,7 @@ class Gateway:
     def _call_app(hosted: Hosted, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
         captured: dict[str, Any] = {}
 
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        def start(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Callable[[bytes], None]:
             captured["status"], captured["headers"] = status, list(headers)
             return lambda _data: None
 

@@ -25,6 +25,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CE_FORBIDDEN_LABELS = ("com.openfaas.scale.zero", "com.openfaas.scale.zero-duration",
                        "com.openfaas.scale.target", "com.openfaas.scale.type")
 HANDLER_ANNOTATION = "com.minitwitter.handler"
+STATE_SQL = "SELECT name, deployed, generation, spec, replicas, created_at FROM gateway_functions"
 #: Settings that say where the platform's services are. In a cluster they come from stack.yml;
 #: under the local gateway the gateway's own environment decides them (``make run`` picks the
 #: stores), so a deployment's envVars may tune a function but never re-point it elsewhere.
@@ -140,26 +142,35 @@ class Registry:
         self._checked = 0.0
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
+        self._seeded = False
 
     # -- state ------------------------------------------------------------------------------
     def seed(self, *, redeploy: bool = False) -> None:
-        """Record every stack.yml function as deployed (``redeploy`` also resets removed ones)."""
-        for fn in self.stack.values():
-            spec = json.dumps(fn.deployment(self.namespace))
-            if redeploy:
-                db.run(
-                    "INSERT INTO gateway_functions (name, namespace, spec) VALUES (:n, :ns, :s::jsonb)"
-                    " ON CONFLICT (name) DO UPDATE SET deployed = true, spec = EXCLUDED.spec,"
-                    " generation = gateway_functions.generation + 1, updated_at = now()",
-                    n=fn.name, ns=self.namespace, s=spec)
-            else:
-                db.run(
-                    "INSERT INTO gateway_functions (name, namespace, spec) VALUES (:n, :ns, :s::jsonb)"
-                    " ON CONFLICT (name) DO NOTHING", n=fn.name, ns=self.namespace, s=spec)
+        """Record every stack.yml function as deployed.
+
+        Without ``redeploy`` only functions with no record yet are added (an operator's
+        ``faas-cli remove`` stays in force); ``redeploy`` also redeploys removed ones.
+        """
+        if redeploy:
+            self._record(self.stack.values(), redeploy=True)
+        self._seeded = False
         self.refresh(force=True)
 
+    def _record(self, functions: Iterable[StackFunction], *, redeploy: bool) -> None:
+        on_conflict = ("DO UPDATE SET deployed = true, spec = EXCLUDED.spec,"
+                       " generation = gateway_functions.generation + 1, updated_at = now()"
+                       if redeploy else "DO NOTHING")
+        for fn in functions:
+            db.run("INSERT INTO gateway_functions (name, namespace, spec) VALUES (:n, :ns, :s::jsonb)"
+                   " ON CONFLICT (name) " + on_conflict,  # one of two fixed clauses
+                   n=fn.name, ns=self.namespace, s=json.dumps(fn.deployment(self.namespace)))
+
     def refresh(self, *, force: bool = False) -> None:
-        """Re-read the shared state if it is older than the TTL (keeps the old one if PG is down)."""
+        """Re-read the shared state if it is older than the TTL (keeps the old one if PG is down).
+
+        The first successful read also records stack.yml functions that have no record yet, so a
+        gateway that started while PostgreSQL was down still comes up with its functions.
+        """
         now = time.monotonic()
         if not force and now - self._checked < self.config.gateway_state_ttl:
             return
@@ -168,7 +179,14 @@ class Registry:
         if not self._refreshing.acquire(blocking=force):
             return
         try:
-            rows = db.run("SELECT name, deployed, generation, spec, replicas, created_at FROM gateway_functions")
+            rows = db.run(STATE_SQL)
+            if not self._seeded:
+                known = {row[0] for row in rows}
+                missing = [fn for name, fn in self.stack.items() if name not in known]
+                if missing:
+                    self._record(missing, redeploy=False)
+                    rows = db.run(STATE_SQL)
+                self._seeded = True
         except errors.MinitwitterError:
             if force:
                 raise
@@ -202,7 +220,7 @@ class Registry:
         state = self._state.get(name)
         if state is None or not state[0]:
             return None
-        deployed, generation, spec, replicas, created = state
+        _, generation, spec, replicas, created = state
         hosted = self._hosted.get(name)
         if hosted is None or hosted.generation != generation:
             with self._lock:

@@ -84,7 +84,7 @@ def main() -> None:
     logs.configure_logging("worker-supervisor")
     observability.start_worker_services(cfg)
 
-    def stop(signum: int, _frame: object) -> None:
+    def stop(_signum: int, _frame: object) -> None:
         for proc in procs:
             if proc.is_alive() and proc.pid:
                 os.kill(proc.pid, signal.SIGTERM)

@@ -10,6 +10,7 @@ machine must set different values.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -185,21 +186,29 @@ class Workers:
 
     def start(self) -> Workers:
         log = open(self.log_path, "ab")  # noqa: SIM115
+        # Own process group: RQ forks a scheduler process that must not outlive the test.
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=self.env,
-                                     cwd=REPO_ROOT, stdout=log, stderr=log)
+                                     cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
         return self
 
     def stop(self, sig: int | None = None) -> None:
-        if self.proc and self.proc.poll() is None:
-            if sig is None:
-                self.proc.terminate()
+        """Stop the workers (SIGTERM: warm shutdown; SIGKILL: the whole group dies at once)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, signal.SIGKILL)
             else:
-                self.proc.send_signal(sig)
+                self.proc.send_signal(sig or signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # any straggler (scheduler) of the group
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 @pytest.fixture

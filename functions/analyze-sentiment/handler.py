@@ -12,7 +12,7 @@ from minitwitter import sentiment
 from minitwitter.http import endpoint, parse_json, respond
 
 
-@endpoint("analyze-sentiment", ["POST"])
+@endpoint("analyze-sentiment", ["POST"], root_only=True)
 def handle(request: flask.Request) -> flask.Response:
     texts, single = sentiment.parse_texts(parse_json(request))
     results = [{"label": v.label, "score": v.score, "model": v.model}

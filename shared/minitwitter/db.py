@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from . import errors
+from . import errors, metrics
 from .config import Config, get_config
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def open_connection(config: Config | None = None) -> pg8000.native.Connection:
         conn = pg8000.native.Connection(**connect_params(cfg.database_url, cfg.db_connect_timeout))
     except (InterfaceError, OSError, DatabaseError) as exc:
         log.warning("postgres connection failed", extra={"error": type(exc).__name__})
+        metrics.DEPENDENCY_ERRORS.labels(dependency="postgres").inc()
         raise errors.DependencyUnavailable("the database is unavailable") from exc
     # Statement timeout keeps a stuck query from holding a worker thread forever.
     conn.run("SET statement_timeout = 15000")
@@ -195,6 +196,7 @@ def run(sql: str, **params: Any) -> list[Row]:
             return _prepared(conn, sql).run(**params) or []
         except Exception as exc:  # noqa: BLE001 - translated below
             if _is_connection_failure(exc):
+                metrics.DEPENDENCY_ERRORS.labels(dependency="postgres").inc()
                 close_connection()
                 if attempt + 1 < attempts:
                     continue

@@ -468,18 +468,11 @@ def on_worker_start(worker: Any) -> None:
 # --- metrics at scrape time --------------------------------------------------------------------
 
 def _queue_metrics() -> list[GaugeMetricFamily]:
+    """Items waiting in the sentiment queue (the oldest pending item's age is in ``metrics``)."""
     depth = GaugeMetricFamily("minitwitter_sentiment_queue_depth",
                               "Sentiment items waiting in the Redis queue")
-    age = GaugeMetricFamily("minitwitter_sentiment_oldest_pending_age_seconds",
-                            "Age of the oldest item still pending analysis", labels=["kind"])
     depth.add_metric([], float(cache.soft(lambda r: r.llen(TODO_KEY), 0)))
-    for kind in KINDS:
-        try:
-            value = db.scalar(_SQL[kind]["oldest"])
-        except errors.MinitwitterError:
-            continue
-        age.add_metric([kind], float(value or 0.0))
-    return [depth, age]
+    return [depth]
 
 
 metrics.add_scrape_collector(_queue_metrics)

@@ -172,6 +172,9 @@ MAX_TEXT_CHARS = 5000
 
 def parse_texts(body: dict[str, object]) -> tuple[list[str], bool]:
     """``{"text": ...}`` or ``{"texts": [...]}`` → (texts, single); raises ValidationFailed."""
+    unknown = sorted(set(body) - {"text", "texts"})
+    if unknown:
+        raise errors.ValidationFailed(details={name: ["unknown field"] for name in unknown})
     if ("text" in body) == ("texts" in body):
         raise errors.ValidationFailed(details={"text": ["give either text or texts"]})
     single = "text" in body
