@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.role is None:
             parser.error("healthcheck needs a role: gateway or worker")
         return 0 if healthy(args.role) else 1
+    # Before anything can count a metric (a failed connection does): samples go to this folder.
+    reset_metrics_dir()
     logs.configure_logging("entrypoint", to_db=False)
     if not args.no_migrate:
         try:
@@ -119,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("migrations applied", extra={"versions": applied})
     if args.command == "migrate":
         return 0
-    reset_metrics_dir()
     argv_exec = server_argv(args.command)
     logging.shutdown()
     os.execv(argv_exec[0], argv_exec)

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from . import errors, metrics
+from . import errors
 from .config import Config, get_config
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,14 @@ def connect_params(url: str, timeout: float = 5.0) -> dict[str, Any]:
     return params
 
 
+def _count_failure() -> None:
+    # Imported here: importing metrics touches PROMETHEUS_MULTIPROC_DIR, which entry points
+    # create only after they have imported this module.
+    from . import metrics
+
+    metrics.DEPENDENCY_ERRORS.labels(dependency="postgres").inc()
+
+
 def open_connection(config: Config | None = None) -> pg8000.native.Connection:
     """Open a new connection (callers normally use :func:`connection` instead)."""
     cfg = config or get_config()
@@ -99,7 +107,7 @@ def open_connection(config: Config | None = None) -> pg8000.native.Connection:
         conn = pg8000.native.Connection(**connect_params(cfg.database_url, cfg.db_connect_timeout))
     except (InterfaceError, OSError, DatabaseError) as exc:
         log.warning("postgres connection failed", extra={"error": type(exc).__name__})
-        metrics.DEPENDENCY_ERRORS.labels(dependency="postgres").inc()
+        _count_failure()
         raise errors.DependencyUnavailable("the database is unavailable") from exc
     # Statement timeout keeps a stuck query from holding a worker thread forever.
     conn.run("SET statement_timeout = 15000")
@@ -196,7 +204,7 @@ def run(sql: str, **params: Any) -> list[Row]:
             return _prepared(conn, sql).run(**params) or []
         except Exception as exc:  # noqa: BLE001 - translated below
             if _is_connection_failure(exc):
-                metrics.DEPENDENCY_ERRORS.labels(dependency="postgres").inc()
+                _count_failure()
                 close_connection()
                 if attempt + 1 < attempts:
                     continue
