@@ -27,22 +27,29 @@ EMBEDDED_PG_PORT = 54329
 EMBEDDED_REDIS_PORT = 63799
 
 
-def choose_stores(env: dict[str, str], stack: list[object]) -> None:
-    """Fill DATABASE_URL / REDIS_URL in ``env``, starting embedded servers when needed."""
+def choose_stores(env: dict[str, str], stack: list[object], data_dir: Path) -> None:
+    """Fill DATABASE_URL / REDIS_URL in ``env``, starting embedded servers when needed.
+
+    ``LOCAL_PG_PORT`` / ``LOCAL_REDIS_PORT`` (default 5432 / 6379) are the ports probed on
+    127.0.0.1; ``EMBEDDED_PG_PORT`` / ``EMBEDDED_REDIS_PORT`` (54329 / 63799) those of the
+    embedded servers.
+    """
     if not env.get("DATABASE_URL"):
-        if embedded.port_open("127.0.0.1", 5432):
-            env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/minitwitter"
+        local = int(env.get("LOCAL_PG_PORT", "5432"))
+        if embedded.port_open("127.0.0.1", local):
+            env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{local}/minitwitter"
         else:
             print("no PostgreSQL configured or running: starting the embedded one", flush=True)
-            pg = embedded.start_postgres(DATA_DIR / "postgres", EMBEDDED_PG_PORT)
+            pg = embedded.start_postgres(data_dir / "postgres", int(env.get("EMBEDDED_PG_PORT", EMBEDDED_PG_PORT)))
             stack.append(pg)
             env["DATABASE_URL"] = pg.url.rsplit("/", 1)[0] + "/minitwitter"
     if not env.get("REDIS_URL"):
-        if embedded.port_open("127.0.0.1", 6379):
-            env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        local = int(env.get("LOCAL_REDIS_PORT", "6379"))
+        if embedded.port_open("127.0.0.1", local):
+            env["REDIS_URL"] = f"redis://127.0.0.1:{local}/0"
         else:
             print("no Redis configured or running: starting the embedded one", flush=True)
-            rd = embedded.start_redis(DATA_DIR / "redis", EMBEDDED_REDIS_PORT)
+            rd = embedded.start_redis(data_dir / "redis", int(env.get("EMBEDDED_REDIS_PORT", EMBEDDED_REDIS_PORT)))
             stack.append(rd)
             env["REDIS_URL"] = rd.url
 
@@ -62,7 +69,8 @@ def main() -> int:
     try:
         if not env.get("SECRETS_DIR") and not Path("/var/openfaas/secrets").is_dir():
             ensure_dev_secrets(DEV_SECRETS_DIR)
-        choose_stores(env, started)
+        data_dir = Path(env.get("DATA_DIR") or DATA_DIR)
+        choose_stores(env, started, data_dir)
         embedded.ensure_database(env["DATABASE_URL"])
         config = load_config(env)
         set_config(config)
@@ -73,7 +81,7 @@ def main() -> int:
         from .registry import Registry
 
         Registry(config).seed(redeploy=True)
-        prom_dir = DATA_DIR / "prometheus"
+        prom_dir = data_dir / "prometheus"
         shutil.rmtree(prom_dir, ignore_errors=True)
         prom_dir.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
