@@ -162,6 +162,8 @@ class Gateway:
 
     def _run_function(self, hosted: Hosted, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
         """Call the function's WSGI app on a pool thread, bounded by FUNCTION_TIMEOUT."""
+        if not self.config.function_timeout:  # 0 disables the timeout: no thread hand-off
+            return self._call_app(hosted, environ)
         ctx = contextvars.copy_context()
         future = self.pool.submit(ctx.run, self._call_app, hosted, environ)
         try:

@@ -210,3 +210,31 @@ def test_callback_guard_allow_list_by_host_and_cidr():
     assert netguard.resolve("http://127.0.0.1:9/x", ("127.0.0.0/8",)).port == 9
     assert netguard.is_public(ipaddress.ip_address("93.184.216.34"))
     assert not netguard.is_public(ipaddress.ip_address("::ffff:127.0.0.1"))
+
+
+def test_gateway_without_function_timeout_runs_functions_inline(config):
+    """FUNCTION_TIMEOUT=0 disables the timeout: the function runs on the request's own thread."""
+    import threading
+
+    from werkzeug.test import Client
+
+    from gateway.app import Gateway
+    from gateway.registry import Registry
+
+    cfg = config.with_overrides(function_timeout=0.0,
+                                stack_file=str(Path(__file__).parent / "fixtures" / "stack.yml"))
+    db.run("DELETE FROM gateway_functions")
+    gateway = Gateway(cfg, Registry(cfg))
+    gateway.registry.seed()
+    seen: list[str] = []
+    original = gateway._call_app
+
+    def spy(hosted, environ):  # noqa: ANN001, ANN202
+        seen.append(threading.current_thread().name)
+        return original(hosted, environ)
+
+    gateway._call_app = spy  # type: ignore[method-assign]
+    response = Client(gateway).get("/function/echo/x?a=1")
+    assert response.status_code == 200 and response.json["path"] == "/x"
+    assert seen == [threading.current_thread().name]
+    db.run("DELETE FROM gateway_functions")

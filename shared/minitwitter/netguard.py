@@ -76,7 +76,7 @@ def is_public(addr: Address) -> bool:
 
 def resolve(url: str, allow_hosts: tuple[str, ...]) -> Target:
     """Check ``url`` against the SSRF policy and pin the address to connect to."""
-    scheme, host, port = parse_url(url)
+    _scheme, host, port = parse_url(url)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
