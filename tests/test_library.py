@@ -238,3 +238,11 @@ def test_gateway_without_function_timeout_runs_functions_inline(config):
     assert response.status_code == 200 and response.json["path"] == "/x"
     assert seen == [threading.current_thread().name]
     db.run("DELETE FROM gateway_functions")
+
+
+def test_deadlock_is_a_retryable_conflict_not_a_500():
+    from pg8000.exceptions import DatabaseError
+
+    err = db.translate(DatabaseError({"C": "40P01", "M": "deadlock detected", "n": ""}))
+    assert isinstance(err, errors.Conflict) and "retry" in err.message
+    assert "deadlock" not in err.message  # no server text reaches clients

@@ -29,6 +29,8 @@ UNIQUE_VIOLATION = "23505"
 FOREIGN_KEY_VIOLATION = "23503"
 CHECK_VIOLATION = "23514"
 NOT_NULL_VIOLATION = "23502"
+SERIALIZATION_FAILURE = "40001"
+DEADLOCK_DETECTED = "40P01"
 #: SQLSTATE classes that mean the connection or server is gone (class 08, 57P0x shutdown).
 CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
 
@@ -174,6 +176,9 @@ def translate(exc: Exception) -> errors.MinitwitterError:
             return errors.NotFound("a referenced resource does not exist")
         if code in (CHECK_VIOLATION, NOT_NULL_VIOLATION):
             return errors.ValidationFailed(details={"constraint": [constraint(exc)]})
+        if code in (SERIALIZATION_FAILURE, DEADLOCK_DETECTED):
+            return errors.Conflict("the request collided with a concurrent one; retry it",
+                                   {"request": ["retry"]})
         if code.startswith(CONNECTION_STATES) or code in CONNECTION_STATES:
             return errors.DependencyUnavailable("the database is unavailable")
         log.error("database error", extra={"sqlstate": code})

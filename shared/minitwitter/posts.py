@@ -309,7 +309,10 @@ def idempotent_create(user_id: int, scope: str, key: str | None,
             found = existing()
             if found is not None:
                 return found, False
-            db.run("DELETE FROM idempotency_keys WHERE user_id = :u AND scope = :s AND key = :k",
+            # Only an expired record of this key may go: deleting a live one that a concurrent
+            # request committed a moment ago would let this request create a second resource.
+            db.run("DELETE FROM idempotency_keys WHERE user_id = :u AND scope = :s AND key = :k "
+                   f"AND created_at <= now() - interval '{IDEMPOTENCY_TTL}'",
                    u=user_id, s=scope, k=key)
             resource_id = create()
             db.run("INSERT INTO idempotency_keys (user_id, scope, key, resource_id) "
