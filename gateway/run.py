@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, ensure_dev_secrets, load_config, set_config
 
@@ -54,6 +55,28 @@ def choose_stores(env: dict[str, str], stack: list[object], data_dir: Path) -> N
             env["REDIS_URL"] = rd.url
 
 
+def start_services(env: dict[str, str], stdout: Any = None, stderr: Any = None) -> list[subprocess.Popen[bytes]]:
+    """Start the gateway (gunicorn) and the queue-workers with ``env``; gateway first."""
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
+         "gateway.wsgi:app"], env=env, cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
+    workers = subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=env, cwd=REPO_ROOT,
+                               stdout=stdout, stderr=stderr)
+    return [gateway, workers]
+
+
+def stop_services(processes: list[subprocess.Popen[bytes]], grace: float = 35.0) -> None:
+    """SIGTERM each (gunicorn drains, workers finish their job), then kill what outlives ``grace``."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main() -> int:
     env = dict(os.environ)
     started: list[object] = []
@@ -86,10 +109,7 @@ def main() -> int:
         prom_dir.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
-             "gateway.wsgi:app"], env=env, cwd=REPO_ROOT))
-        children.append(subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=env, cwd=REPO_ROOT))
+        children.extend(start_services(env))
         url = f"http://127.0.0.1:{config.gateway_port}"
         while not embedded.port_open("127.0.0.1", config.gateway_port) and not stopping:
             if any(c.poll() is not None for c in children):
@@ -117,14 +137,7 @@ def main() -> int:
             time.sleep(0.3)
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(35)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_services(children)
         for service in reversed(started):
             service.stop()  # type: ignore[attr-defined]
 

@@ -31,7 +31,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -270,6 +269,7 @@ def reset_stores(database_url: str, redis_url: str) -> None:
 def local_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start migrations, the gunicorn gateway and the workers; yield (url, gunicorn process)."""
     from gateway.embedded import free_port
+    from gateway.run import start_services, stop_services
 
     reset_stores(database_url, redis_url)
     port = free_port()
@@ -280,24 +280,13 @@ def local_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[tu
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with open(log_dir / "gateway.log", "ab") as gw_log, open(log_dir / "workers.log", "ab") as wk_log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
-                 "gateway.wsgi:app"], env=env, cwd=REPO_ROOT, stdout=gw_log, stderr=gw_log))
-            procs.append(subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=env,
-                                          cwd=REPO_ROOT, stdout=wk_log, stderr=wk_log))
+        with open(log_dir / "stack.log", "ab") as stack_log:
+            procs = start_services(env, stdout=stack_log, stderr=stack_log)
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, procs[0])
         yield url, procs[0]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_services(procs, grace=30)
         shutil.rmtree(prom_dir, ignore_errors=True)
 
 
@@ -305,7 +294,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit("the gateway exited during start-up; see bench/results/logs/gateway.log")
+            raise SystemExit("the gateway exited during start-up; see bench/results/logs/stack.log")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                 return
