@@ -9,7 +9,7 @@ import pytest
 
 from minitwitter import cache, db, jobs
 from tests.api import Account, Api
-from tests.test_posts import TS, assert_clean_error, create, follow_link, ids_of, links
+from tests.test_posts import TS, assert_clean_error, create, ids_of, links, walk_pages
 
 
 def comment(api: Api, account: Account, post_id: str, content: str = "nice", **kw: Any) -> dict[str, Any]:
@@ -115,14 +115,7 @@ def test_list_comments_oldest_first_with_pagination(api: Api) -> None:
     assert first.json[0]["content"] == "c1" and first.json[0]["post_id"] == post["id"]
     assert links(first) == {"next": f"/function/list-comments/{post['id']}?limit=10&min_id={ids[9]}",
                             "prev": f"/function/list-comments/{post['id']}?limit=10&max_id={ids[0]}"}
-    seen: list[int] = []
-    response = first
-    while True:
-        seen += ids_of(response)
-        if "next" not in links(response):
-            break
-        response = follow_link(api, links(response)["next"])
-    assert seen == ids
+    assert walk_pages(api, first)[0] == ids
     # max_id alone: the comments just before it, still oldest first
     before = api.call("list-comments", "GET", f"/{post['id']}", query={"max_id": ids[20], "limit": 5})
     assert ids_of(before) == ids[15:20]

@@ -334,6 +334,19 @@ def follow_link(api: Api, url: str, **kw: Any) -> Any:
     return api.call(name, "GET", "/" + rest, query=query, **kw)
 
 
+def walk_pages(api: Api, first: Any, **kw: Any) -> tuple[list[int], list[str]]:
+    """Follow rel="next" from ``first`` to the end: (every id seen, every next link followed)."""
+    seen: list[int] = []
+    followed: list[str] = []
+    response = first
+    while True:
+        seen += ids_of(response)
+        if "next" not in links(response):
+            return seen, followed
+        followed.append(links(response)["next"])
+        response = follow_link(api, followed[-1], **kw)
+
+
 def test_list_posts_pages_newest_first_with_links(api: Api) -> None:
     alice = api.account("alice")
     ids = seed(int(alice.id), 45)
@@ -342,14 +355,7 @@ def test_list_posts_pages_newest_first_with_links(api: Api) -> None:
     assert ids_of(first) == ids[::-1][:20]
     assert links(first) == {"next": f"/function/list-posts?max_id={ids[25]}",
                             "prev": f"/function/list-posts?min_id={ids[44]}"}
-    seen: list[int] = []
-    response = first
-    while True:
-        seen += ids_of(response)
-        if "next" not in links(response):
-            break
-        response = follow_link(api, links(response)["next"])
-    assert seen == ids[::-1]
+    assert walk_pages(api, first)[0] == ids[::-1]
     # prev from the second page leads back to the first
     second = follow_link(api, links(first)["next"])
     assert ids_of(follow_link(api, links(second)["prev"])) == ids[::-1][:20]

@@ -10,7 +10,7 @@ from rq import Queue, SimpleWorker
 
 from minitwitter import cache, db, feed
 from tests.api import Account, Api
-from tests.test_posts import assert_clean_error, create, follow_link, ids_of, links, seed
+from tests.test_posts import assert_clean_error, create, ids_of, seed, walk_pages
 
 
 def run_fan_out() -> None:
@@ -110,14 +110,8 @@ def test_home_pagination_and_trimmed_feed_falls_back_to_postgres(api: Api, monke
     posts = sorted(seed(int(alice.id), 18) + seed(int(bob.id), 5), reverse=True)
     first = api.call("home-timeline", "GET", "/", token=bob.token, query={"limit": 4})
     assert len(members(bob)) <= 10  # the feed is trimmed ...
-    seen: list[int] = []
-    response = first
-    while True:
-        seen += ids_of(response)
-        if "next" not in links(response):
-            break
-        assert links(response)["next"].startswith("/function/home-timeline?limit=4&max_id=")
-        response = follow_link(api, links(response)["next"], token=bob.token)
+    seen, followed = walk_pages(api, first, token=bob.token)
+    assert all(url.startswith("/function/home-timeline?limit=4&max_id=") for url in followed)
     assert seen == posts  # ... but every page is complete
     assert home(api, bob, min_id=posts[3], limit=2) == posts[1:3]
     # min_id below the trimmed feed: the posts right after it, not the feed's oldest
