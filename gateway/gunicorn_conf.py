@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from minitwitter import metrics
 from minitwitter.config import load_config
@@ -23,18 +24,18 @@ errorlog = "-"
 loglevel = "warning"
 
 
-def post_fork(server, worker):  # noqa: ANN001, ARG001 - gunicorn hook signature
+def post_fork(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
     from minitwitter import cache, db
 
     cache.reset()
     db.close_connection()
 
 
-def child_exit(server, worker):  # noqa: ANN001, ARG001 - gunicorn hook signature
+def child_exit(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
     metrics.mark_process_dead(worker.pid)
 
 
-def post_worker_init(worker):  # noqa: ANN001 - gunicorn hook signature
+def post_worker_init(worker: Any) -> None:
     """Load every deployed function before this worker accepts connections.
 
     Otherwise the first request to each function in each worker pays for importing its handler

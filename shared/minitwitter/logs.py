@@ -47,7 +47,7 @@ def context(*, function: str | None = None, call_id: str | None = None,
     All three are bound (``None`` included) and restored afterwards, so nothing leaks from one
     request or job to the next one on the same thread.
     """
-    tokens = [
+    tokens: list[tuple[contextvars.ContextVar[Any], contextvars.Token[Any]]] = [
         (function_var, function_var.set(function)),
         (call_id_var, call_id_var.set(call_id)),
         (account_var, account_var.set(account_id)),

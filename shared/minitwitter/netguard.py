@@ -81,7 +81,7 @@ def resolve(url: str, allow_hosts: tuple[str, ...]) -> Target:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise CallbackRefused(details={"callback_url": ["host does not resolve"]}) from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for addr in addresses:
         if not is_public(addr) and not _allowed(host, addr, allow_hosts):
             raise CallbackRefused(details={"callback_url": [f"address {addr} is not allowed"]})
