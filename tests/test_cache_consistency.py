@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from minitwitter import cache, comments, db, feed, posts
+from minitwitter import cache, comments, db, feed, posts, versioned_cache
 from tests.api import Account, Api
 from tests.test_posts import create, ids_of
 from tests.test_timelines import follow, home
@@ -137,7 +137,7 @@ def test_comment_verdict_is_visible_after_invalidate_comment(api: Api) -> None:
 
 def test_a_slow_reader_cannot_store_a_stale_value() -> None:
     """A fill computed before a write (generation bump) is refused."""
-    cache_ = posts.VersionedCache("test", 60)
+    cache_ = versioned_cache.VersionedCache("test", 60)
     seen = cache_.get("race:key", ["d"])
     assert seen is not None and seen[0] == [None]
     cache_.bump("race:key")  # a write commits while the reader was querying

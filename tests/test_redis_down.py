@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import embedded
-from minitwitter import cache, db, posts
+from minitwitter import cache, db, versioned_cache
 from minitwitter.config import Config, set_config
 from tests.api import Api
 from tests.conftest import eventually
@@ -40,7 +40,7 @@ def own_redis(config: Config, tmp_path: Path) -> Iterator[Any]:
     finally:
         for server in servers:
             server.stop()
-        posts.discard_repairs()
+        versioned_cache.discard_repairs()
         cache.reset()
 
 

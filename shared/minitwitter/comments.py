@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
-from . import db, errors, posts
+from . import db, errors, posts, versioned_cache
 from .feed import Listing
 from .jsonshape import ident, iso
 from .pagination import Page, link_header, window
 from .validation import fields
 
-COMMENT_CACHE = posts.VersionedCache("comments", 300)
+COMMENT_CACHE = versioned_cache.VersionedCache("comments", 300)
 COLUMNS = """c.id, c.post_id, c.content, c.created_at, c.sentiment_status, c.sentiment_label,
        c.sentiment_score, c.sentiment_model, u.id, u.username, u.display_name"""
 FROM = "FROM comments c JOIN users u ON u.id = c.author_id"

@@ -3,7 +3,7 @@
 Public timeline: every page is one SQL query (posts joined with authors, the viewer's likes as an
 ``EXISTS``). The unfiltered first page is also kept, serialised, in the Redis hash
 ``tl:public`` (one field per ``limit``, plus its ids and ``Link``), guarded by a generation
-counter (:class:`posts.VersionedCache`) that every post, like, comment or verdict write bumps.
+counter (:class:`versioned_cache.VersionedCache`) that every post, like, comment or verdict write bumps.
 An anonymous hit is one HMGET and returns the stored bytes; a signed-in hit adds one query for
 the viewer's likes among those ids.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from . import cache, db, errors, metrics, posts
+from . import cache, db, errors, metrics, posts, versioned_cache
 from .pagination import Page, link_header, window
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ FEED_MAX_ITEMS = 400
 #: Bounds how long a feed can miss writes made while Redis was unreachable (then it is rebuilt).
 FEED_TTL = 900
 PUBLIC_KEY = "tl:public"
-PUBLIC_CACHE = posts.VersionedCache("public_timeline", 300)
+PUBLIC_CACHE = versioned_cache.VersionedCache("public_timeline", 300)
 LABELS = ("positive", "neutral", "negative")
 QUERY_MAX = 200
 FAN_OUT_QUEUE = "default"
@@ -228,7 +228,7 @@ def _push(key_ids: dict[str, Sequence[int]]) -> None:
         for key, ids in key_ids.items():
             pipe.eval(_PUSH, 1, key, FEED_MAX_ITEMS, *ids)
         pipe.execute()
-    posts.cache_write(run, _push, key_ids)
+    versioned_cache.cache_write(run, _push, key_ids)
 
 
 def _remove(keys: Sequence[str], ids: Sequence[int]) -> None:
@@ -240,7 +240,7 @@ def _remove(keys: Sequence[str], ids: Sequence[int]) -> None:
         for key in keys:
             pipe.zrem(key, *[str(i) for i in ids])
         pipe.execute()
-    posts.cache_write(run, _remove, keys, ids)
+    versioned_cache.cache_write(run, _remove, keys, ids)
 
 
 def _enqueue(function: str, *args: Any) -> None:
@@ -249,7 +249,7 @@ def _enqueue(function: str, *args: Any) -> None:
 
         Queue(FAN_OUT_QUEUE, connection=r).enqueue(function, *args, result_ttl=0,
                                                    failure_ttl=24 * 3600)
-    if not posts.cache_write(run, _enqueue, function, *args):
+    if not versioned_cache.cache_write(run, _enqueue, function, *args):
         log.warning("fan-out enqueue deferred: Redis is unavailable",
                     extra={"job": function, "job_args": list(args)})
 
@@ -311,7 +311,7 @@ def on_unfollow(follower_id: int, followee_id: int) -> None:
 
 
 def _drop_feed(key: str) -> None:
-    posts.cache_write(lambda r: r.delete(key), _drop_feed, key)
+    versioned_cache.cache_write(lambda r: r.delete(key), _drop_feed, key)
 
 
 def home_timeline(account_id: int, page: Page) -> Listing:
@@ -334,7 +334,7 @@ def home_timeline(account_id: int, page: Page) -> Listing:
 
 def _home_ids_cached(account_id: int, page: Page) -> list[int] | None:
     """The page's ids from the feed (rebuilt if missing); None means "ask PostgreSQL"."""
-    posts.replay_repairs()
+    versioned_cache.replay_repairs()
     key = home_key(account_id)
     upper = f"({page.upper}" if page.upper is not None else "+inf"
     lower = f"({page.lower}" if page.lower else f"({_SENTINEL}"
