@@ -152,7 +152,8 @@ class FunctionProcess:
             self.proc = subprocess.Popen([sys.executable, "index.py"], cwd=context, env=env,
                                          stdout=log, stderr=log)
         try:
-            wait_http(self.url + "/", proc=self.proc)
+            # ?seconds=0: the sleepy fixture would otherwise take as long as the probe's timeout
+            wait_http(self.url + "/?seconds=0", proc=self.proc)
         except RuntimeError:
             self.stop()
             raise RuntimeError(f"function did not start: {self.log()}") from None
