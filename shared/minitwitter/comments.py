@@ -9,7 +9,7 @@ it. Idempotency-Key replays answer 200 with the original comment, as for posts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -92,9 +92,19 @@ def delete(author_id: int, post_id: int, comment_id: int) -> None:
 
 
 def invalidate_comment(post_id: int, comment_id: int) -> None:
-    """Drop cached pages that may hold the comment (the sentiment worker calls this)."""
-    del comment_id  # pages are cached per post; the id documents what changed
-    COMMENT_CACHE.bump(_key(post_id))
+    """Drop cached pages that may hold the comment."""
+    invalidate_comments([(post_id, comment_id)])
+
+
+def invalidate_comments(items: Iterable[tuple[int, int]]) -> None:
+    """Drop the cached pages of every post that holds one of ``(post_id, comment_id)``.
+
+    Pages are cached per post, so each post's pages go once however many of its comments changed
+    (the sentiment worker passes a whole batch).
+    """
+    keys = sorted({_key(post_id) for post_id, _comment_id in items})
+    if keys:
+        COMMENT_CACHE.bump(*keys)
 
 
 def list_for_post(post_id: int, page: Page) -> Listing:

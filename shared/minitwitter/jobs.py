@@ -389,35 +389,16 @@ def _record_failures(bad: list[tuple[Item, BackendError]], backend: Backend, cfg
 
 
 def _invalidate(items: list[Item]) -> None:
-    """Drop the caches that show the items (the API modules own them; tolerate their absence).
+    """Drop the caches that show the items: one batch call per kind, not one per item."""
+    from . import comments, posts  # imported here: both modules enqueue jobs through this one
 
-    Uses the modules' batch functions (``posts.invalidate_posts(ids)``,
-    ``comments.invalidate_comments([(post_id, comment_id)])``) when they exist, one call per
-    item otherwise.
-    """
     post_ids = [i.id for i in items if i.kind == "post"]
     comment_ids = [(i.post_id, i.id) for i in items if i.kind == "comment"]
     try:
         if post_ids:
-            from . import posts
-
-            many = getattr(posts, "invalidate_posts", None)
-            if many is not None:
-                many(post_ids)
-            else:
-                for post_id in post_ids:
-                    posts.invalidate_post(post_id)
+            posts.invalidate_posts(post_ids)
         if comment_ids:
-            from . import comments  # type: ignore[attr-defined]
-
-            many = getattr(comments, "invalidate_comments", None)
-            if many is not None:
-                many(comment_ids)
-            else:
-                for post_id, comment_id in comment_ids:
-                    comments.invalidate_comment(post_id, comment_id)
-    except (ImportError, AttributeError):
-        pass
+            comments.invalidate_comments(comment_ids)
     except Exception:
         # A stale cache entry expires on its own; the verdict itself is stored.
         log.warning("cache invalidation failed", exc_info=True)

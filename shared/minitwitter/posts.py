@@ -17,7 +17,7 @@ answers **200** with the original post and ``Idempotent-Replayed: true``, and cr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -117,11 +117,19 @@ def get(post_id: int, viewer: int | None = None) -> dict[str, Any]:
 def invalidate_post(post_id: int) -> None:
     """Drop every cached copy of the post (object, counts, first timeline pages holding it).
 
-    The sentiment worker calls this after writing a verdict; every write here calls it too.
+    Every write here calls it; the sentiment worker uses the batch form below.
     """
+    invalidate_posts([post_id])
+
+
+def invalidate_posts(post_ids: Iterable[int]) -> None:
+    """:func:`invalidate_post` for many posts: one Redis round trip, one timeline bump."""
+    keys = [_post_key(post_id) for post_id in post_ids]
+    if not keys:
+        return
     from . import feed
 
-    POST_CACHE.bump(_post_key(post_id))
+    POST_CACHE.bump(*keys)
     feed.invalidate_public()
 
 
