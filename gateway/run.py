@@ -65,11 +65,12 @@ def start_services(env: dict[str, str], stdout: Any = None, stderr: Any = None) 
     return [gateway, workers]
 
 
-def stop_services(processes: list[subprocess.Popen[bytes]], grace: float = 35.0) -> None:
-    """SIGTERM each (gunicorn drains, workers finish their job), then kill what outlives ``grace``."""
+def stop_services(processes: list[subprocess.Popen[Any]], grace: float = 35.0,
+                  sig: int = signal.SIGTERM) -> None:
+    """Signal each (SIGTERM: gunicorn drains, workers finish their job), kill what outlives ``grace``."""
     for proc in processes:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
     for proc in processes:
         try:
             proc.wait(grace)

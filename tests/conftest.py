@@ -23,6 +23,7 @@ import pg8000.native
 import pytest
 
 from gateway import embedded
+from gateway.run import stop_services
 from minitwitter import cache, db, migrate
 from minitwitter.config import REPO_ROOT, ensure_dev_secrets, load_config, set_config
 
@@ -163,12 +164,8 @@ class Gateway:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc:
+            stop_services([self.proc], grace=20)
 
     def auth(self) -> tuple[str, str]:
         secrets = Path(self.env["SECRETS_DIR"])
@@ -198,13 +195,9 @@ class Workers:
         if self.proc.poll() is None:
             if sig == signal.SIGKILL:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            else:
-                self.proc.send_signal(sig or signal.SIGTERM)
-            try:
                 self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            else:
+                stop_services([self.proc], grace=20, sig=sig or signal.SIGTERM)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # any straggler (scheduler) of the group
         except (ProcessLookupError, PermissionError):

@@ -29,6 +29,7 @@ import yaml
 from rq import Queue
 
 from gateway import embedded, observability
+from gateway.run import stop_services
 from minitwitter import cache, db, metrics
 from minitwitter.config import REPO_ROOT, load_config
 from tests.callback_receiver import Receiver
@@ -308,13 +309,7 @@ class Process:
         self.proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=log.parent)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_services([self.proc], grace=15)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from gateway import embedded
+from gateway.run import stop_services
 from minitwitter.config import REPO_ROOT
 
 NGINX_CONF = REPO_ROOT / "gateway" / "nginx.conf"
@@ -127,14 +128,7 @@ def start_nginx(nginx_dir: Path) -> Iterator[Any]:
         return server
 
     yield start
-    for server in running:
-        if server.proc.poll() is None:
-            server.proc.send_signal(signal.SIGQUIT)  # graceful shutdown
-            try:
-                server.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait(5)
+    stop_services([server.proc for server in running], grace=10, sig=signal.SIGQUIT)  # nginx: graceful
 
 
 @pytest.fixture
