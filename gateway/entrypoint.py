@@ -1,14 +1,14 @@
 """Container entry point of the gateway/queue-worker image (``gateway/Dockerfile``).
 
-``python -m gateway.entrypoint gateway``  wait for PostgreSQL, apply migrations, exec gunicorn
+``python -m gateway.entrypoint gateway``  wait for PostgreSQL, apply migrations, exec the server (granian)
 ``python -m gateway.entrypoint worker``   wait for PostgreSQL, apply migrations, exec the workers
 ``python -m gateway.entrypoint migrate``  wait for PostgreSQL, apply migrations, exit
 ``python -m gateway.entrypoint healthcheck gateway|worker``  exit 0 when healthy (HEALTHCHECK)
 
 Migrations are safe when every replica runs them at once (advisory lock in ``migrate.py``).
 The server replaces this process (``os.execv``), so SIGTERM from ``docker stop`` or the kubelet
-reaches gunicorn / the worker supervisor directly and they drain: gunicorn finishes in-flight
-requests within ``graceful_timeout``, RQ workers finish their current job (warm shutdown).
+reaches granian / the worker supervisor directly and they drain: granian finishes in-flight
+requests (within ``FUNCTION_TIMEOUT`` + 30 s), RQ workers finish their current job (warm shutdown).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 from minitwitter import errors, logs
-from minitwitter.config import REPO_ROOT, get_config
+from minitwitter.config import get_config
+
+from . import serve
 
 log = logging.getLogger("minitwitter.entrypoint")
 
@@ -66,8 +68,7 @@ def reset_metrics_dir() -> None:
 def server_argv(role: str) -> list[str]:
     """The command that becomes the container's main process for ``role``."""
     if role == "gateway":
-        return [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
-                "gateway.wsgi:app"]
+        return serve.command()
     if role == "worker":
         return [sys.executable, "-m", "gateway.worker"]
     raise ValueError(f"unknown role {role!r}")

@@ -4,7 +4,7 @@
 2. Stores: ``DATABASE_URL`` / ``REDIS_URL`` when set; else PostgreSQL / Redis on 127.0.0.1's
    standard ports when they answer; else embedded servers in ``.data/`` (see ``embedded.py``).
 3. Migrations, then every stack.yml function (re)deployed into the gateway's state.
-4. The gateway under gunicorn (``GATEWAY_WORKERS`` processes) and the queue-workers
+4. The gateway under granian (``GATEWAY_WORKERS`` processes) and the queue-workers
    (``WORKER_COUNT`` processes). Ctrl-C or SIGTERM stops everything, embedded stores included.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, ensure_dev_secrets, load_config, set_config
 
-from . import embedded
+from . import embedded, serve
 
 DATA_DIR = REPO_ROOT / ".data"
 EMBEDDED_PG_PORT = 54329
@@ -56,10 +56,8 @@ def choose_stores(env: dict[str, str], stack: list[object], data_dir: Path) -> N
 
 
 def start_services(env: dict[str, str], stdout: Any = None, stderr: Any = None) -> list[subprocess.Popen[bytes]]:
-    """Start the gateway (gunicorn) and the queue-workers with ``env``; gateway first."""
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
-         "gateway.wsgi:app"], env=env, cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
+    """Start the gateway (granian, ``gateway/serve.py``) and the queue-workers with ``env``; gateway first."""
+    gateway = subprocess.Popen(serve.command(), env=env, cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
     workers = subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=env, cwd=REPO_ROOT,
                                stdout=stdout, stderr=stderr)
     return [gateway, workers]

@@ -1,7 +1,7 @@
 """HTTP benchmark of the API through the gateway: ``make bench`` (``python -m scripts.bench``).
 
 1. The stack: ``BENCH_URL`` (or ``--url``) names a running gateway; otherwise this starts one on a
-   free loopback port exactly as ``make run`` does (gunicorn with ``gateway/gunicorn_conf.py``
+   free loopback port exactly as ``make run`` does (granian via ``python -m gateway.serve``
    plus ``python -m gateway.worker``) against its own database ``minitwitter_bench`` (dropped and
    migrated first) and Redis DB 11 (flushed first). ``RATE_LIMIT_ENABLED=false`` there: every
    request comes from one loopback IP and a handful of accounts, so the per-IP and per-account
@@ -16,7 +16,7 @@
 
 Each scenario first runs ``--warmup`` unmeasured seconds (thread pools and their per-thread
 database connections, caches). ``--quick`` is one 3-second run per scenario. ``--profile``
-records py-spy stacks of every gunicorn worker during the first run of each scenario
+records py-spy stacks of every gateway server worker during the first run of each scenario
 (``bench/results/profile-*.txt``, collapsed-stack format).
 When ``scripts/bench_sentiment.py`` (issue 4's create → labelled benchmark) exists, it runs
 afterwards as one more scenario and its output is saved with the rest (``--no-sentiment`` skips
@@ -85,7 +85,7 @@ class WrkResult:
     p99_ms: float
     non_2xx: int = 0
     socket_errors: int = 0
-    #: gateway CPU (all gunicorn workers) per request, when the harness started the stack: a
+    #: gateway CPU (all gateway server workers) per request, when the harness started the stack: a
     #: figure that stays meaningful when other processes compete for the cores
     cpu_ms_per_request: float | None = None
 
@@ -267,7 +267,7 @@ def reset_stores(database_url: str, redis_url: str) -> None:
 
 @contextmanager
 def local_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start migrations, the gunicorn gateway and the workers; yield (url, gunicorn process)."""
+    """Start migrations, the gateway server and the workers; yield (url, server process)."""
     from gateway.embedded import free_port
     from gateway.run import start_services, stop_services
 
@@ -316,8 +316,8 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def gunicorn_workers(master_pid: int) -> list[int]:
-    """Pids of a gunicorn master's worker processes."""
+def server_workers(master_pid: int) -> list[int]:
+    """Pids of the gateway server main process's worker processes."""
     try:
         return [int(p) for p in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()]
     except OSError:
@@ -405,14 +405,14 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def profile(master_pid: int, seconds: float, label: str) -> list[subprocess.Popen[bytes]]:
-    """Start ``py-spy record`` (collapsed stacks) on every gunicorn worker for ``seconds``."""
+    """Start ``py-spy record`` (collapsed stacks) on every gateway server worker for ``seconds``."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     return [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
                               "--rate", "200", "--format", "raw", "--nonblocking",
                               "--output", str(RESULTS_DIR / f"profile-{slug}-{pid}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for pid in gunicorn_workers(master_pid)]
+            for pid in server_workers(master_pid)]
 
 
 def run_sentiment_bench() -> str | None:
@@ -447,7 +447,7 @@ def bench(url: str, args: argparse.Namespace, master_pid: int | None) -> dict[st
             for i in range(args.repeats):
                 spying = args.profile and master_pid is not None and i == 0
                 spies = profile(master_pid, args.duration, scenario.name) if spying and master_pid else []
-                workers = gunicorn_workers(master_pid) if master_pid else []
+                workers = server_workers(master_pid) if master_pid else []
                 cpu_before = cpu_seconds(workers)
                 result = run_wrk(url, scenario, args.duration, args.threads, seeded.tokens[0], tokens_file)
                 if workers and result.requests:
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=10, help="seeded accounts (10)")
     parser.add_argument("--quick", action="store_true", help="one 3-second run per scenario")
     parser.add_argument("--only", action="append", help="run scenarios whose name contains this")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gunicorn workers")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway server workers")
     parser.add_argument("--sentiment", action=argparse.BooleanOptionalAction, default=None,
                         help="also run scripts/bench_sentiment.py (issue 4) when it exists "
                              "(default: yes, except with --quick)")

@@ -22,7 +22,7 @@ import httpx
 import pg8000.native
 import pytest
 
-from gateway import embedded
+from gateway import embedded, serve
 from gateway.run import stop_services
 from minitwitter import cache, db, migrate
 from minitwitter.config import REPO_ROOT, ensure_dev_secrets, load_config, set_config
@@ -141,7 +141,7 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
 
 
 class Gateway:
-    """A real gateway (gunicorn) subprocess."""
+    """A real gateway (``python -m gateway.serve``: granian) subprocess."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = embedded.free_port()
@@ -158,8 +158,7 @@ class Gateway:
     def start(self) -> Gateway:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"),
-             "gateway.wsgi:app"], env=self.env, cwd=REPO_ROOT, stdout=log, stderr=log)
+            serve.command(), env=self.env, cwd=REPO_ROOT, stdout=log, stderr=log)
         wait_http(self.url + "/healthz", proc=self.proc)
         return self
 

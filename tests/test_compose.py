@@ -5,7 +5,7 @@
   and agreement with nginx.conf and monitoring/ (Prometheus targets, Grafana paths);
 - the Dockerfile: pinned slim base, pinned deps, non-root, HEALTHCHECK, build context; and its
   ENTRYPOINT/CMD/HEALTHCHECK commands run for real outside a container (migrations on a fresh
-  database, gunicorn draining on SIGTERM, the worker's health check);
+  database, the granian server draining on SIGTERM, the worker's health check);
 - compose secrets reach the app: password files injected into DATABASE_URL / REDIS_URL.
 """
 
@@ -415,7 +415,7 @@ def test_dockerfile_is_pinned_slim_non_root_and_healthchecked() -> None:
     pins = [r for r in requirements if r]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][\w.]*", r) for r in pins), pins
     assert any("shared/requirements.txt" in a for k, a in instructions if k == "COPY")
-    assert "gunicorn" in " ".join(pins) and "rq==" in " ".join(pins)
+    assert "granian==" in " ".join(pins) and "rq==" in " ".join(pins)
 
 
 @pytest.mark.no_stores
@@ -503,7 +503,7 @@ def test_gateway_entrypoint_migrates_serves_and_drains(stores: dict[str, str], f
         assert versions == [v for v, _, _ in migrate.available()]
         check = subprocess.run(image_command(healthcheck), env=env, cwd="/", timeout=30)
         assert check.returncode == 0
-        # SIGTERM while a request is in flight: gunicorn finishes it, then exits 0.
+        # SIGTERM while a request is in flight: granian finishes it, then exits 0.
         result: dict[str, Any] = {}
 
         def slow_call() -> None:

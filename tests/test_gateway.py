@@ -1,4 +1,4 @@
-"""The local gateway over real HTTP (gunicorn, 2 worker processes), PostgreSQL, Redis and RQ.
+"""The local gateway over real HTTP (granian, 2 worker processes), PostgreSQL, Redis and RQ.
 
 Uses the fixture functions of tests/fixtures/stack.yml. Each request/response shape follows the
 OpenFaaS contract (shared/docs/openfaas-contract.md) as faas-cli and clients see it.
@@ -143,7 +143,7 @@ def test_metrics_use_openfaas_names_and_add_up_across_processes(gw):
     fn = {"function_name": "echo.openfaas-fn"}
     before = httpx.get(f"{gw.url}/metrics").text
     n = 12
-    for i in range(n):  # a new connection each time, so both gunicorn processes take requests
+    for i in range(n):  # a new connection each time, so both server processes take requests
         httpx.get(f"{gw.url}/function/echo?i={i}")
     httpx.get(f"{gw.url}/function/echo?status=500")
     after = httpx.get(f"{gw.url}/metrics").text

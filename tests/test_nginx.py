@@ -1,7 +1,7 @@
 """gateway/nginx.conf, proven with Debian's real nginx in front of two real gateway processes.
 
 The production file is rendered with only these substitutions: the two upstream servers
-(``gateway-1:8080`` / ``gateway-2:8080`` → two local gunicorn gateways), the listen address, and
+(``gateway-1:8080`` / ``gateway-2:8080`` → two local granian gateways), the listen address, and
 the ``/tmp`` paths (→ a private folder). Everything else (balancing, keepalive, timeouts, body
 limit, failover, headers, error pages) runs exactly as shipped.
 """
@@ -232,7 +232,7 @@ def test_killing_a_replica_loses_no_request(cluster: tuple[Nginx, list[Any]], ho
     def kill() -> None:
         assert victim.proc is not None
         if how == "stop":
-            victim.proc.send_signal(signal.SIGTERM)  # gunicorn drains, then exits
+            victim.proc.send_signal(signal.SIGTERM)  # granian drains, then exits
         else:
             kill_tree(victim.proc.pid)
         killed.set()

@@ -63,6 +63,7 @@ def _listing(rows: list[list[Any]], page: Page, reverse: bool, function: str,
 
 def public_filters(args: Any) -> dict[str, str]:
     """``author``, ``sentiment`` and ``q`` from the query string, checked (400 when malformed)."""
+    args = dict(args.items())  # first values; cheaper lookups than a MultiDict's misses
     problems: dict[str, list[str]] = {}
     out: dict[str, str] = {}
     author = (args.get("author") or "").strip().lower()

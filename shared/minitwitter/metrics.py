@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -162,11 +163,35 @@ class _FirstOfEachName(Collector):
 
 
 def mark_process_dead(pid: int) -> None:
-    """Called by gunicorn when a worker exits, so its live gauges disappear."""
+    """Called when a server process exits, so its live gauges disappear."""
     if multiprocess_enabled():
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+def reap_dead_processes() -> list[int]:
+    """Mark every process whose live-gauge files remain but which no longer runs as dead.
+
+    The gateway's server (granian) has no per-worker exit hook; each new worker calls this at
+    start, so a crashed and respawned worker's live gauges stop counting. Returns the pids reaped.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not multiprocess_enabled() or not directory:
+        return []
+    reaped = []
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid_text = path.stem.rsplit("_", 1)[-1]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            mark_process_dead(int(pid_text))
+            reaped.append(int(pid_text))
+        except PermissionError:
+            continue
+    return reaped
 
 
 # --- Scrape-time backlog gauges (read from Redis and PostgreSQL on every scrape) -------------

@@ -57,6 +57,7 @@ class Page:
 
 def parse(args: Mapping[str, str]) -> Page:
     """Read ``limit`` and the cursors from query arguments; 400 when one is malformed."""
+    args = dict(args.items())  # werkzeug's MultiDict.get raises (and catches) per missing key
     problems: dict[str, list[str]] = {}
     limit = PAGE_LIMIT_DEFAULT
     raw_limit = args.get("limit")
