@@ -236,11 +236,17 @@ def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None 
     url = callback_url(data, callback_header)
     key = validate_idempotency_key(idempotency_key)
 
+    inserted: list[Sequence[Any]] = []
+
     def insert() -> int:
-        post_id = int(db.scalar("INSERT INTO posts (author_id, content) VALUES (:a, :c) RETURNING id",
-                                a=author_id, c=data["content"]))
-        register_callback("post", post_id, 1, url, call_id)
-        return post_id
+        # The new row comes back in the API shape in the same round trip (no read-back).
+        row = db.one(f"WITH p AS (INSERT INTO posts (author_id, content) VALUES (:a, :c) RETURNING *)"
+                     f" SELECT {COLUMNS} FROM p JOIN users u ON u.id = p.author_id",
+                     a=author_id, c=data["content"], viewer=author_id)
+        assert row is not None  # an INSERT ... RETURNING always returns its row
+        inserted.append(row)
+        register_callback("post", int(row[0]), 1, url, call_id)
+        return int(row[0])
 
     post_id, created = idempotent_create(author_id, "post", key, insert)
     if not created:
@@ -254,7 +260,7 @@ def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None 
 
     feed.on_post_created(post_id, author_id)
     enqueue_sentiment("post", post_id, 1, call_id)
-    return get(post_id, author_id), True
+    return post_json(inserted[-1]), True
 
 
 def update(author_id: int, post_id: int, body: dict[str, Any], *, callback_header: str | None = None,
