@@ -16,7 +16,7 @@
 
 Each scenario first runs ``--warmup`` unmeasured seconds (thread pools and their per-thread
 database connections, caches). ``--quick`` is one 3-second run per scenario. ``--profile``
-records py-spy stacks of every gateway server worker during the first run of each scenario
+records py-spy stacks (of the thread holding the GIL, i.e. CPU) of every gateway server worker during the first run of each scenario
 (``bench/results/profile-*.txt``, collapsed-stack format).
 When ``scripts/bench_sentiment.py`` (issue 4's create → labelled benchmark) exists, it runs
 afterwards as one more scenario and its output is saved with the rest (``--no-sentiment`` skips
@@ -409,7 +409,7 @@ def profile(master_pid: int, seconds: float, label: str) -> list[subprocess.Pope
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     return [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-                              "--rate", "200", "--format", "raw", "--nonblocking",
+                              "--rate", "200", "--format", "raw", "--nonblocking", "--gil",
                               "--output", str(RESULTS_DIR / f"profile-{slug}-{pid}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for pid in server_workers(master_pid)]
