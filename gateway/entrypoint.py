@@ -91,7 +91,7 @@ def healthy(role: str) -> bool:
 
         try:
             hostname = socket.gethostname()
-            return any(w.hostname == hostname for w in Worker.all(connection=cache.client()))
+            return any(w.hostname == hostname for w in Worker.all(connection=cache.shared_client()))
         except (redis.RedisError, OSError):
             return False
     raise ValueError(f"unknown role {role!r}")

@@ -46,7 +46,7 @@ def run_worker(burst: bool = False) -> None:
     hooked = False
     while True:
         cache.reset()
-        worker = SimpleWorker(queue_names(), connection=cache.client())
+        worker = SimpleWorker(queue_names(), connection=cache.shared_client())
         if not hooked:
             hooked = True
             try:

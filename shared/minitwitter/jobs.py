@@ -153,16 +153,15 @@ def _enqueue_drain(config: Config | None = None) -> None:
                                      description="sentiment drain")
 
 
-_scripts: dict[int, Any] = {}
+_script: Any = None
 
 
 def _enqueue_script(r: redis.Redis) -> Any:
-    """The registered enqueue script of this client (EVALSHA: one round trip per enqueue)."""
-    script = _scripts.get(id(r))
-    if script is None:
-        _scripts.clear()
-        script = _scripts[id(r)] = r.register_script(_ENQUEUE_LUA)
-    return script
+    """The enqueue script (EVALSHA: one round trip per enqueue); call it with ``client=``."""
+    global _script
+    if _script is None:
+        _script = r.register_script(_ENQUEUE_LUA)
+    return _script
 
 
 def _push(items: Iterable[Item], config: Config | None = None) -> int:
@@ -174,7 +173,7 @@ def _push(items: Iterable[Item], config: Config | None = None) -> int:
         return 0
     if len(todo) == 1:
         item = todo[0]
-        length = int(script(keys=[item.queued_key, TODO_KEY], args=[item.token, QUEUED_TTL_SECONDS]))
+        length = int(script(keys=[item.queued_key, TODO_KEY], args=[item.token, QUEUED_TTL_SECONDS], client=r))
         if length == 1 or (length and length % DRAIN_TRIGGER == 0):
             _enqueue_drain(config)
         return 1 if length else 0

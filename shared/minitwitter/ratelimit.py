@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import cache, errors, metrics
 from .config import Config, get_config
@@ -42,17 +43,26 @@ def ip_limit(scope: str, cfg: Config) -> int:
     return {"login": cfg.rate_limit_login, "register": cfg.rate_limit_register}.get(scope, cfg.rate_limit_ip)
 
 
+#: INCR the window's counter and give a new one its expiry: one round trip, one command.
+_HIT_LUA = """
+local used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return used
+"""
+_hit_script: Any = None
+
+
 def hit(bucket: str, limit: int, window: int) -> Decision | None:
     """Count one request in ``bucket``; None when Redis is unavailable."""
     now = int(time.time())
     start = now - now % window
     key = f"rl:{bucket}:{start}"
 
-    def count(r):  # type: ignore[no-untyped-def]
-        pipe = r.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, window + 1)
-        return pipe.execute()[0]
+    def count(r: Any) -> Any:
+        global _hit_script
+        if _hit_script is None:
+            _hit_script = r.register_script(_HIT_LUA)
+        return _hit_script(keys=[key], args=[window + 1], client=r)
 
     used = cache.soft(count, None)
     if used is None:
