@@ -62,6 +62,38 @@ def test_fan_out_job_fills_followers_feeds_and_own_post_is_immediate(api: Api) -
     assert home(api, bob) == [post]
 
 
+def test_one_drain_job_applies_many_fan_outs_in_queue_order(api: Api) -> None:
+    """Fan-outs queue as list items; the first one enqueues a single RQ drain job that applies
+    them all, in order (a post created then deleted before the drain never shows)."""
+    alice, bob, carol = api.account("alice"), api.account("bob"), api.account("carol")
+    follow(api, carol, alice)
+    follow(api, carol, bob)
+    home(api, carol)  # the follower's feed exists (fan-outs only update existing feeds)
+    made = [int(create(api, author, f"post {i}")["id"]) for i, author in enumerate([alice, bob, alice, bob])]
+    gone = int(create(api, alice, "deleted before the fan-out")["id"])
+    assert api.call("delete-post", "DELETE", f"/{gone}", token=alice.token).status_code == 204
+    assert cache.client().llen(feed.FAN_OUT_TODO) == 6  # 5 adds, 1 delete
+    assert Queue(feed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
+    run_fan_out()
+    assert cache.client().llen(feed.FAN_OUT_TODO) == 0
+    assert members(carol) == sorted(made, reverse=True)
+
+
+def test_reconciler_restarts_a_lost_fan_out_drain(api: Api) -> None:
+    """Items left in the list without a drain job (its worker died) are picked up again."""
+    from minitwitter import jobs
+
+    alice, bob = api.account("alice"), api.account("bob")
+    follow(api, bob, alice)
+    home(api, bob)
+    post = int(create(api, alice, "fan me out")["id"])
+    Queue(feed.FAN_OUT_QUEUE, connection=cache.client()).empty()  # the drain job is lost
+    assert members(bob) == []
+    jobs.reconcile()
+    run_fan_out()
+    assert members(bob) == [post]
+
+
 def test_missing_feed_is_rebuilt_from_postgres(api: Api) -> None:
     alice, bob = api.account("alice"), api.account("bob")
     follow(api, bob, alice)

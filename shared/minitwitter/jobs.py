@@ -414,8 +414,13 @@ def reconcile(config: Config | None = None) -> dict[str, int]:
     for kind in KINDS:
         rows = db.run(_SQL[kind]["due"], grace=cfg.sentiment_pending_grace, limit=RECONCILE_LIMIT)
         counts[kind] = _push([Item(kind, int(i), int(v)) for i, v in rows], cfg) if rows else 0
-    if cache.client(cfg).llen(TODO_KEY):
+    r = cache.client(cfg)
+    if r.llen(TODO_KEY):
         _enqueue_drain(cfg)  # the drain job of a killed worker is gone; start a new one
+    from . import feed
+
+    if r.llen(feed.FAN_OUT_TODO):
+        feed.kick_fan_out(r)  # likewise for home-feed fan-outs
     counts["callbacks"] = callbacks.requeue_overdue(cfg)
     if any(counts.values()):
         log.info("reconciled", extra=counts)
