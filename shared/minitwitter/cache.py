@@ -11,8 +11,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
 
@@ -92,6 +92,23 @@ def reset() -> None:
         if current is not None and _local.key[1] == os.getpid():
             _close_quietly(current)
         _local.client = None
+
+
+class Lua:
+    """A Lua script run with EVALSHA on whichever client or pipeline is given.
+
+    The script is registered once per process (its SHA is computed locally) and loaded into Redis
+    on the first NOSCRIPT reply, so each call sends the hash and the arguments, not the text.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._script: Any = None
+
+    def __call__(self, r: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self._script is None:
+            self._script = r.register_script(self.text)
+        return self._script(keys=list(keys), args=list(args), client=r)
 
 
 def is_down() -> bool:

@@ -185,12 +185,12 @@ def home_key(account_id: int) -> str:
 
 #: Add ids to a feed only if it exists (a missing feed is rebuilt complete), then trim it to the
 #: sentinel (rank 0, score 0) plus the newest FEED_MAX_ITEMS ids.
-_PUSH = """
+_PUSH = cache.Lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i]) end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 1, -(tonumber(ARGV[1]) + 1))
 return 1
-"""
+""")
 
 
 def _home_ids_sql(account_id: int, where: str = "TRUE", order: str = "p.id DESC",
@@ -229,9 +229,13 @@ def rebuild_home(account_id: int) -> bool:
 
 def _push(key_ids: Mapping[str, Sequence[int]]) -> None:
     def run(r: Any) -> None:
+        if len(key_ids) == 1:  # the common case (an author's own feed): no pipeline needed
+            [(key, ids)] = key_ids.items()
+            _PUSH(r, [key], [FEED_MAX_ITEMS, *ids])
+            return
         pipe = r.pipeline(transaction=False)
         for key, ids in key_ids.items():
-            pipe.eval(_PUSH, 1, key, FEED_MAX_ITEMS, *ids)
+            _PUSH(pipe, [key], [FEED_MAX_ITEMS, *ids])
         pipe.execute()
     versioned_cache.cache_write(run, _push, key_ids)
 

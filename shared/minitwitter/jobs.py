@@ -59,12 +59,12 @@ RECONCILE_LIMIT = 10000
 #: Advisory-lock namespace of sentiment items (high byte), so keys do not collide with others.
 LOCK_NAMESPACE = 0x5E << 56
 
-_ENQUEUE_LUA = """
+_ENQUEUE = cache.Lua("""
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
   return redis.call('RPUSH', KEYS[2], ARGV[1])
 end
 return 0
-"""
+""")
 
 # Fixed SQL per kind (table names cannot be bound parameters; nothing here comes from input).
 _SQL: dict[str, dict[str, str]] = {}
@@ -153,33 +153,21 @@ def _enqueue_drain(config: Config | None = None) -> None:
                                      description="sentiment drain")
 
 
-_script: Any = None
-
-
-def _enqueue_script(r: redis.Redis) -> Any:
-    """The enqueue script (EVALSHA: one round trip per enqueue); call it with ``client=``."""
-    global _script
-    if _script is None:
-        _script = r.register_script(_ENQUEUE_LUA)
-    return _script
-
-
 def _push(items: Iterable[Item], config: Config | None = None) -> int:
     """Queue items (deduplicated); returns how many were new. Raises Redis errors."""
     r = cache.client(config)
-    script = _enqueue_script(r)
     todo = list(items)
     if not todo:
         return 0
     if len(todo) == 1:
         item = todo[0]
-        length = int(script(keys=[item.queued_key, TODO_KEY], args=[item.token, QUEUED_TTL_SECONDS], client=r))
+        length = int(_ENQUEUE(r, [item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS]))
         if length == 1 or (length and length % DRAIN_TRIGGER == 0):
             _enqueue_drain(config)
         return 1 if length else 0
     pipe = r.pipeline(transaction=False)
     for item in todo:
-        script(keys=[item.queued_key, TODO_KEY], args=[item.token, QUEUED_TTL_SECONDS], client=pipe)
+        _ENQUEUE(pipe, [item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS])
     lengths = [int(n) for n in pipe.execute()]
     if any(lengths):
         _enqueue_drain(config)

@@ -248,7 +248,10 @@ def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None 
         register_callback("post", int(row[0]), 1, url, call_id)
         return int(row[0])
 
-    post_id, created = idempotent_create(author_id, "post", key, insert)
+    if key is None and url is None:
+        post_id, created = insert(), True  # one statement is atomic: no BEGIN/COMMIT round trips
+    else:
+        post_id, created = idempotent_create(author_id, "post", key, insert)
     if not created:
         try:
             return get(post_id, author_id), False

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from . import cache, errors, metrics
 from .config import Config, get_config
@@ -44,12 +43,11 @@ def ip_limit(scope: str, cfg: Config) -> int:
 
 
 #: INCR the window's counter and give a new one its expiry: one round trip, one command.
-_HIT_LUA = """
+_HIT = cache.Lua("""
 local used = redis.call('INCR', KEYS[1])
 if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return used
-"""
-_hit_script: Any = None
+""")
 
 
 def hit(bucket: str, limit: int, window: int) -> Decision | None:
@@ -58,13 +56,7 @@ def hit(bucket: str, limit: int, window: int) -> Decision | None:
     start = now - now % window
     key = f"rl:{bucket}:{start}"
 
-    def count(r: Any) -> Any:
-        global _hit_script
-        if _hit_script is None:
-            _hit_script = r.register_script(_HIT_LUA)
-        return _hit_script(keys=[key], args=[window + 1], client=r)
-
-    used = cache.soft(count, None)
+    used = cache.soft(lambda r: _HIT(r, [key], [window + 1]), None)
     if used is None:
         return None
     return Decision(limit=limit, remaining=limit - int(used), reset_at=start + window)

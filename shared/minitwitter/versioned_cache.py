@@ -25,21 +25,21 @@ log = logging.getLogger(__name__)
 
 #: Store fields only if the generation is still the one the reader saw ('' = none yet, in which
 #: case the fill mints one); returns the generation the fields are stored under, or false.
-_STORE_IF_CURRENT = """
+_STORE_IF_CURRENT = cache.Lua("""
 local g = redis.call('HGET', KEYS[1], 'g') or ''
 if g ~= ARGV[1] then return false end
 if g == '' then g = ARGV[3]; redis.call('HSET', KEYS[1], 'g', g) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return g
-"""
+""")
 #: Drop every field and start a new generation.
-_BUMP = """
+_BUMP = cache.Lua("""
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'g', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
-"""
+""")
 
 
 def _generation() -> str:
@@ -85,16 +85,19 @@ class VersionedCache:
         flat: list[bytes | str] = []
         for field, value in mapping.items():
             flat += [field, value]
-        stored: bytes | None = cache.soft(lambda r: r.eval(
-            _STORE_IF_CURRENT, 1, key, generation, self.ttl, _generation(), *flat), None)
+        stored: bytes | None = cache.soft(lambda r: _STORE_IF_CURRENT(
+            r, [key], [generation, self.ttl, _generation(), *flat]), None)
         return stored or None
 
     def bump(self, *keys: str) -> None:
         """Invalidate ``keys`` after a write; retried by :func:`replay_repairs` if Redis is down."""
         def run(r: Any) -> None:
+            if len(keys) == 1:  # one key (most writes): no pipeline needed
+                _BUMP(r, keys, [self.ttl, _generation()])
+                return
             pipe = r.pipeline(transaction=False)
             for key in keys:
-                pipe.eval(_BUMP, 1, key, self.ttl, _generation())
+                _BUMP(pipe, [key], [self.ttl, _generation()])
             pipe.execute()
         cache_write(run, self.bump, *keys)
 
