@@ -137,7 +137,7 @@ class Gateway:
         if hosted is None:
             response = json_error(404, f"error finding function {function_name}: not found")
             return self._finish(response, environ, start_response, extra_headers)
-        metrics.GATEWAY_STARTED.labels(function_name).inc()
+        metrics.child(metrics.GATEWAY_STARTED, function_name).inc()
         inner = dict(environ)
         inner["PATH_INFO"] = sub_path
         inner["SCRIPT_NAME"] = ""
@@ -148,8 +148,8 @@ class Gateway:
         status, headers, body = self._run_function(hosted, inner)
         duration = time.perf_counter() - started
         code = status.split(" ", 1)[0]
-        metrics.GATEWAY_INVOCATIONS.labels(function_name, code).inc()
-        metrics.GATEWAY_SECONDS.labels(function_name, code).observe(duration)
+        metrics.child(metrics.GATEWAY_INVOCATIONS, function_name, code).inc()
+        metrics.child(metrics.GATEWAY_SECONDS, function_name, code).observe(duration)
         if self.config.gateway_access_log:
             with logs.context(function=name, call_id=call_id):
                 log.info("invocation", extra={"method": environ.get("REQUEST_METHOD"),

@@ -111,7 +111,7 @@ class Config:
     # gateway
     gateway_port: int = 8080
     gateway_workers: int = 2
-    gateway_threads: int = 4
+    gateway_threads: int = 2
     gateway_url: str = "http://127.0.0.1:8080"
     function_timeout: float = 60.0
     function_namespace: str = "openfaas-fn"

@@ -133,7 +133,7 @@ def _cached_first_page(limit: int) -> tuple[_FirstPage | None, bytes | None]:
         return None, None
     local = _local_pages.get(limit)
     if generation and local is not None and local.generation == generation:
-        metrics.CACHE_REQUESTS.labels("public_timeline_local", "hit").inc()
+        metrics.child(metrics.CACHE_REQUESTS, "public_timeline_local", "hit").inc()
         return local, generation
     field = str(limit)
     seen = PUBLIC_CACHE.get(PUBLIC_KEY, [field, f"{field}:ids", f"{field}:link"])

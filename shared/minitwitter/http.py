@@ -181,8 +181,8 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
                         response.headers.setdefault(key, value)
                 duration = time.perf_counter() - started
                 response.headers.setdefault("X-Call-Id", cid)
-                metrics.FUNCTION_REQUESTS.labels(name, request.method, str(response.status_code)).inc()
-                metrics.FUNCTION_SECONDS.labels(name).observe(duration)
+                metrics.child(metrics.FUNCTION_REQUESTS, name, request.method, str(response.status_code)).inc()
+                metrics.child(metrics.FUNCTION_SECONDS, name).observe(duration)
                 log.info(
                     "request",
                     extra={"method": request.method, "path": request.path,

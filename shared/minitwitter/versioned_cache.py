@@ -68,7 +68,7 @@ class VersionedCache:
             return None
         values: list[bytes | None] = raw[:-1]
         hit = all(v is not None for v in values)
-        metrics.CACHE_REQUESTS.labels(self.name, "hit" if hit else "miss").inc()
+        metrics.child(metrics.CACHE_REQUESTS, self.name, "hit" if hit else "miss").inc()
         return values, raw[-1] or b""
 
     def generation(self, key: str) -> bytes | None:
