@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import multiprocessing
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import flask
@@ -246,3 +247,21 @@ def test_deadlock_is_a_retryable_conflict_not_a_500():
     err = db.translate(DatabaseError({"C": "40P01", "M": "deadlock detected", "n": ""}))
     assert isinstance(err, errors.Conflict) and "retry" in err.message
     assert "deadlock" not in err.message  # no server text reaches clients
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-30 03:42:50.355123+00", "2026-11-30 03:42:50+00", "2026-11-30 03:42:50.1+05:30",
+    "1999-12-31 23:59:59.999999-08", "infinity", "-infinity", "0044-03-15 12:00:00+00 BC",
+])
+def test_timestamptz_parser_agrees_with_pg8000(text: str) -> None:
+    import pg8000.converters
+
+    assert db.timestamptz_in(text) == pg8000.converters.timestamptz_in(text)
+
+
+def test_timestamptz_columns_come_back_as_aware_datetimes(stores: dict[str, str]) -> None:
+    [[now, stamp, infinite]] = db.run(
+        "SELECT now(), '2026-01-02 03:04:05.678+02'::timestamptz, 'infinity'::timestamptz")
+    assert now.tzinfo is not None
+    assert stamp == datetime(2026, 1, 2, 1, 4, 5, 678000, tzinfo=UTC)
+    assert infinite == "infinity"

@@ -14,9 +14,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import pg8000.converters
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
@@ -113,7 +115,25 @@ def open_connection(config: Config | None = None) -> pg8000.native.Connection:
         raise errors.DependencyUnavailable("the database is unavailable") from exc
     # Statement timeout keeps a stuck query from holding a worker thread forever.
     conn.run("SET statement_timeout = 15000")
+    conn.register_in_adapter(TIMESTAMPTZ_OID, timestamptz_in)
     return conn
+
+
+#: PostgreSQL's type oid of ``timestamp with time zone``.
+TIMESTAMPTZ_OID = 1184
+
+
+def timestamptz_in(text: str) -> Any:
+    """Parse a ``timestamptz`` column with ``datetime.fromisoformat``.
+
+    pg8000's own parser goes through ``strptime``: profiled at a quarter of home-timeline's CPU
+    (two timestamps per post, 20 posts a page); this is ~10x cheaper. Values it does not take
+    (``infinity``, BC or out-of-range dates) go to pg8000's parser as before.
+    """
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return pg8000.converters.timestamptz_in(text)
 
 
 #: Prepared statements kept per connection (LRU). pg8000 parses and plans every unnamed
