@@ -75,6 +75,28 @@ def test_bad_tokens_are_401(api: Api, config: Config, case: str, message: str) -
     assert db.scalar("SELECT bio FROM users") == ""
 
 
+def test_verified_token_memo_never_outlives_expiry_or_key(api: Api, config: Config,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verification is memoised per token, but expiry is checked on every use and the memo is
+    keyed by the signing key: a rotated secret rejects tokens verified under the old one."""
+    alice = api.account("alice")
+    now = time.time()
+    token = jwt.encode(claims(config, sub=alice.id, exp=int(now) + 30), config.jwt_secret, algorithm="HS256")
+    assert me(api, token).status_code == 200
+    assert me(api, token).status_code == 200  # served from the memo
+    monkeypatch.setattr(auth.time, "time", lambda: now + 31)
+    response = me(api, token)
+    assert response.status_code == 401 and response.json["error"] == "token expired"
+    monkeypatch.setattr(auth.time, "time", lambda: now)
+    assert me(api, token).status_code == 200
+    set_config(config.__class__(**{**config.__dict__, "jwt_secret": "r" * 48}))
+    try:
+        response = me(api, token)
+        assert response.status_code == 401 and response.json["error"] == "invalid token"
+    finally:
+        set_config(config)
+
+
 def test_revoked_token_cache_is_written_through(api: Api) -> None:
     alice = api.account("alice")
     assert me(api, alice.token).status_code == 200  # caches version 0
