@@ -16,8 +16,8 @@
 
 Each scenario first runs ``--warmup`` unmeasured seconds (thread pools and their per-thread
 database connections, caches). ``--quick`` is one 3-second run per scenario. ``--profile``
-records py-spy stacks (of the thread holding the GIL, i.e. CPU) of every gateway server worker during the first run of each scenario
-(``bench/results/profile-*.txt``, collapsed-stack format).
+records py-spy stacks of the thread holding the GIL (Python CPU) of every gateway server worker
+during the first run of each scenario (``bench/results/profile-*.txt``, collapsed-stack format).
 When ``scripts/bench_sentiment.py`` (issue 4's create → labelled benchmark) exists, it runs
 afterwards as one more scenario and its output is saved with the rest (``--no-sentiment`` skips
 it; ``--quick`` does too).
