@@ -355,6 +355,13 @@ class Prom:
         assert body["status"] == "success", f"{expr}: {body}"
         return body["data"]["result"]
 
+    def ready(self) -> bool:
+        """``/-/ready`` answers 503 ("Service Unavailable") until Prometheus has started."""
+        try:
+            return httpx.get(self.url + "/-/ready", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def all_targets_up(self) -> bool:
         targets = httpx.get(self.url + "/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
         return {t["labels"]["job"] for t in targets if t["health"] == "up"} == JOBS
@@ -364,7 +371,9 @@ class Prom:
         since = time.time()
 
         def scraped() -> bool:
-            result = self.query("min(timestamp(up == 1))")
+            # timestamp() keeps sample times only for a plain selector: on "up == 1" it returns
+            # the evaluation time, which made this wait return before any new scrape.
+            result = self.query("min(timestamp(up))")
             return bool(result) and float(result[0]["value"][1]) > since and self.all_targets_up()
         eventually(scraped, timeout=20, interval=0.5)
 
@@ -456,6 +465,7 @@ def test_every_dashboard_and_recording_expression_has_data(
                                 f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path / "prometheus.log"))
         prom = Prom(f"http://127.0.0.1:{prom_port}")
         wait_http(prom.url + "/-/ready", proc=helpers[-1].proc)
+        eventually(prom.ready, timeout=30, interval=0.2)  # answering is not ready: 503 at first
         eventually(prom.all_targets_up, timeout=20, interval=0.5)
 
         # Two rounds of traffic with scrapes in between, so every counter moves between samples.
