@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from minitwitter.config import Config, load_config
@@ -47,15 +48,14 @@ def command() -> list[str]:
     return [sys.executable, "-m", "gateway.serve"]
 
 
-def server_options(config: Config, env: dict[str, str] | None = None) -> dict[str, Any]:
+def server_options(config: Config, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Keyword arguments for ``granian.Granian`` serving the gateway."""
     from granian.constants import HTTPModes, Interfaces
     from granian.log import LogLevels
 
-    env = os.environ if env is None else env  # type: ignore[assignment]
     return {
         "target": "gateway.wsgi:app",
-        "address": (env or {}).get("GATEWAY_BIND", "0.0.0.0"),
+        "address": env.get("GATEWAY_BIND", "0.0.0.0"),
         "port": config.gateway_port,
         "interface": Interfaces.WSGI,
         "workers": config.gateway_workers,

@@ -110,6 +110,16 @@ class Lua:
             self._script = r.register_script(self.text)
         return self._script(keys=list(keys), args=list(args), client=r)
 
+    def each(self, r: Any, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run the script once per ``(keys, args)``: a single call directly, several in one
+        pipeline (one round trip either way; a pipeline costs an extra script check)."""
+        if len(calls) == 1:
+            return [self(r, *calls[0])]
+        pipe = r.pipeline(transaction=False)
+        for keys, args in calls:
+            self(pipe, keys, args)
+        return list(pipe.execute())
+
 
 def is_down() -> bool:
     """True while Redis is in its failure back-off window."""

@@ -229,15 +229,9 @@ def rebuild_home(account_id: int) -> bool:
 
 def _push(key_ids: Mapping[str, Sequence[int]]) -> None:
     def run(r: Any) -> None:
-        if len(key_ids) == 1:  # the common case (an author's own feed): no pipeline needed
-            [(key, ids)] = key_ids.items()
-            _PUSH(r, [key], [FEED_MAX_ITEMS, *ids])
-            return
-        pipe = r.pipeline(transaction=False)
-        for key, ids in key_ids.items():
-            _PUSH(pipe, [key], [FEED_MAX_ITEMS, *ids])
-        pipe.execute()
-    versioned_cache.cache_write(run, _push, key_ids)
+        _PUSH.each(r, [([key], [FEED_MAX_ITEMS, *ids]) for key, ids in key_ids.items()])
+    if key_ids:
+        versioned_cache.cache_write(run, _push, key_ids)
 
 
 def _remove(keys: Sequence[str], ids: Sequence[int]) -> None:

@@ -159,19 +159,14 @@ def _push(items: Iterable[Item], config: Config | None = None) -> int:
     todo = list(items)
     if not todo:
         return 0
-    if len(todo) == 1:
-        item = todo[0]
-        length = int(_ENQUEUE(r, [item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS]))
-        if length == 1 or (length and length % DRAIN_TRIGGER == 0):
-            _enqueue_drain(config)
-        return 1 if length else 0
-    pipe = r.pipeline(transaction=False)
-    for item in todo:
-        _ENQUEUE(pipe, [item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS])
-    lengths = [int(n) for n in pipe.execute()]
-    if any(lengths):
+    lengths = [int(n) for n in _ENQUEUE.each(
+        r, [([item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS]) for item in todo])]
+    queued = [n for n in lengths if n]  # list lengths after each new item (0: a duplicate)
+    # One item: a drain job when the list was empty, and one more every DRAIN_TRIGGER items so
+    # that several workers share a backlog. Several (retries, the reconciler): always one.
+    if (len(todo) > 1 and queued) or any(n == 1 or n % DRAIN_TRIGGER == 0 for n in queued):
         _enqueue_drain(config)
-    return sum(1 for n in lengths if n)
+    return len(queued)
 
 
 def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None = None) -> bool:

@@ -243,7 +243,8 @@ def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None 
         row = db.one(f"WITH p AS (INSERT INTO posts (author_id, content) VALUES (:a, :c) RETURNING *)"
                      f" SELECT {COLUMNS} FROM p JOIN users u ON u.id = p.author_id",
                      a=author_id, c=data["content"], viewer=author_id)
-        assert row is not None  # an INSERT ... RETURNING always returns its row
+        if row is None:  # cannot happen: INSERT ... RETURNING returns the row it inserted
+            raise errors.MinitwitterError()
         inserted.append(row)
         register_callback("post", int(row[0]), 1, url, call_id)
         return int(row[0])

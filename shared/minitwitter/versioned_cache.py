@@ -92,14 +92,9 @@ class VersionedCache:
     def bump(self, *keys: str) -> None:
         """Invalidate ``keys`` after a write; retried by :func:`replay_repairs` if Redis is down."""
         def run(r: Any) -> None:
-            if len(keys) == 1:  # one key (most writes): no pipeline needed
-                _BUMP(r, keys, [self.ttl, _generation()])
-                return
-            pipe = r.pipeline(transaction=False)
-            for key in keys:
-                _BUMP(pipe, [key], [self.ttl, _generation()])
-            pipe.execute()
-        cache_write(run, self.bump, *keys)
+            _BUMP.each(r, [([key], [self.ttl, _generation()]) for key in keys])
+        if keys:
+            cache_write(run, self.bump, *keys)
 
 
 # --- cache writes missed while Redis was down ---------------------------------------------------
