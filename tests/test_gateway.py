@@ -7,9 +7,12 @@ OpenFaaS contract (shared/docs/openfaas-contract.md) as faas-cli and clients see
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -365,3 +368,28 @@ def test_async_callback_to_forbidden_address_is_refused(start_gateway, start_wor
 
         eventually(refused_logged, timeout=20)
         assert receiver.attempts == 0
+
+
+def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gateway, stores):
+    """granian restarts a worker process that died (``respawn_failed_workers``); the other one
+    keeps serving meanwhile, and the new one loads the functions and serves as before."""
+    gateway = start_gateway(**GATEWAY_ENV)
+    master = gateway.proc.pid
+
+    def workers() -> list[int]:
+        try:
+            return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+        except OSError:
+            return []
+
+    before = eventually(lambda: len(workers()) == 2 and workers(), timeout=30)
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(20):  # served by the surviving worker while the other one restarts
+        response = httpx.get(f"{gateway.url}/function/echo/x", timeout=10)
+        assert response.status_code == 200
+    after = eventually(lambda: len(workers()) == 2 and victim not in workers() and workers(), timeout=30)
+    assert set(after) != set(before)
+    eventually(lambda: all(httpx.get(f"{gateway.url}/function/echo/{i}", timeout=10).status_code == 200
+                           for i in range(20)), timeout=30)
+    assert gateway.proc.poll() is None
