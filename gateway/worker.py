@@ -20,6 +20,7 @@ from minitwitter import cache, logs
 from minitwitter.config import Config, get_config
 
 from . import observability
+from .processes import die_with_parent
 
 log = logging.getLogger("minitwitter.worker")
 
@@ -27,8 +28,6 @@ log = logging.getLogger("minitwitter.worker")
 QUEUES = ("faas-request", "sentiment", "callbacks", "default")
 #: Seconds between checks whether Redis is back after a worker lost it.
 REDIS_RETRY_SECONDS = 0.5
-#: prctl(2) option: the signal this process gets when its parent dies.
-PR_SET_PDEATHSIG = 1
 
 
 def queue_names(config: Config | None = None) -> list[str]:
@@ -67,22 +66,6 @@ def run_worker(burst: bool = False) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         while not cache.ping():
             time.sleep(REDIS_RETRY_SECONDS)
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent (the supervisor) dies.
-
-    A supervisor killed with SIGKILL (an orchestrator's timeout, an operator) cannot forward
-    the stop to its workers; without this they run on as orphans, taking jobs. A warm shutdown
-    follows as for any SIGTERM. No-op where ``prctl`` does not exist.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
 
 
 def supervised_worker(supervisor_pid: int) -> None:

@@ -1,6 +1,7 @@
 """WSGI entry point of the gateway: ``python -m gateway.serve`` serves ``gateway.wsgi:app``.
 
-Imported once in every server worker process: it configures logging, builds the Gateway, records
+Imported once in every server worker process: it makes a stop during loading end the process
+(and asks for SIGTERM should the server process die), configures logging, builds the Gateway, records
 stack.yml's functions as deployed (idempotent), reaps the live gauges of workers that died, and
 loads every deployed function before the worker takes traffic.
 """
@@ -13,6 +14,7 @@ from minitwitter import errors, logs, metrics
 from minitwitter.config import get_config
 
 from .app import Gateway
+from .processes import die_with_parent, stop_on_signals_while_loading
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -36,6 +38,10 @@ def preload(gateway: Gateway) -> None:
             log.warning("could not preload function", extra={"function": name})
 
 
+# First, while nothing is served yet: a stop during loading must not be lost, and a worker whose
+# server process died must not serve on as an orphan.
+stop_on_signals_while_loading()
+die_with_parent()
 config = get_config()
 logs.configure_logging("gateway")
 metrics.reap_dead_processes()

@@ -393,3 +393,26 @@ def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gat
     eventually(lambda: all(httpx.get(f"{gateway.url}/function/echo/{i}", timeout=10).status_code == 200
                            for i in range(20)), timeout=30)
     assert gateway.proc.poll() is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                     if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return state.split()[1] not in ("Z", "X")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_server_right_after_start_leaves_no_worker_behind(start_gateway, sig):
+    """SIGTERM as soon as the gateway answers (one worker may still be loading its functions:
+    the stop must not be lost) and SIGKILL of the server process (its workers must not serve on
+    as orphans): either way every worker process is gone shortly after."""
+    gateway = start_gateway(**GATEWAY_ENV)
+    master = gateway.proc.pid
+    forked = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    assert forked
+    os.kill(master, sig)
+    gateway.proc.wait(15)
+    eventually(lambda: not any(_alive(pid) for pid in forked), timeout=15)
