@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -370,6 +371,13 @@ def test_async_callback_to_forbidden_address_is_refused(start_gateway, start_wor
         assert receiver.attempts == 0
 
 
+def listening_pids(port: int) -> set[int]:
+    """Pids with a listening TCP socket on ``port`` (from ``ss``)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
 def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gateway, stores):
     """granian restarts a worker process that died (``respawn_failed_workers``); the other one
     keeps serving meanwhile, and the new one loads the functions and serves as before."""
@@ -383,6 +391,9 @@ def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gat
             return []
 
     before = eventually(lambda: len(workers()) == 2 and workers(), timeout=30)
+    # On Linux each granian worker binds its own SO_REUSEPORT socket once its app has loaded:
+    # until both listen, killing the only listening one leaves nothing to connect to.
+    eventually(lambda: listening_pids(gateway.port) == set(before), timeout=30)
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
     for _ in range(20):  # served by the surviving worker while the other one restarts
@@ -390,6 +401,7 @@ def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gat
         assert response.status_code == 200
     after = eventually(lambda: len(workers()) == 2 and victim not in workers() and workers(), timeout=30)
     assert set(after) != set(before)
+    eventually(lambda: listening_pids(gateway.port) == set(after), timeout=30)  # the new one serves
     eventually(lambda: all(httpx.get(f"{gateway.url}/function/echo/{i}", timeout=10).status_code == 200
                            for i in range(20)), timeout=30)
     assert gateway.proc.poll() is None
