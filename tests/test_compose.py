@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -480,6 +481,20 @@ def image_command(args: list[str]) -> list[str]:
     return [sys.executable if a == "python" else a for a in args]
 
 
+@contextmanager
+def image_process(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run an image command (see image_command) with its output in ``log_path``; killed on exit
+    if it is still running."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(image_command(argv), env=env, cwd="/", stdout=log, stderr=log)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
 @pytest.mark.slow
 def test_gateway_entrypoint_migrates_serves_and_drains(stores: dict[str, str], fresh_database: str,
                                                        tmp_path: Path) -> None:
@@ -492,9 +507,7 @@ def test_gateway_entrypoint_migrates_serves_and_drains(stores: dict[str, str], f
     stale = tmp_path / "prom" / "counter_12345.db"
     stale.parent.mkdir()
     stale.write_bytes(b"stale")
-    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(image_command(entrypoint + cmd), env=env, cwd="/", stdout=log, stderr=log)
-    try:
+    with image_process(entrypoint + cmd, env, tmp_path / "gateway.log") as proc:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
         assert not stale.exists(), "metrics of a previous run must not be summed in"
         conn = pg8000.native.Connection(**db.connect_params(fresh_database))
@@ -518,11 +531,6 @@ def test_gateway_entrypoint_migrates_serves_and_drains(stores: dict[str, str], f
         assert proc.wait(30) == 0
         check = subprocess.run(image_command(healthcheck), env=env, cwd="/", timeout=30)
         assert check.returncode == 1  # unhealthy once stopped
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 @pytest.mark.slow
@@ -533,20 +541,13 @@ def test_worker_entrypoint_registers_and_stops_on_sigterm(stores: dict[str, str]
     env = image_env(stores, fresh_database, tmp_path, WORKER_COUNT="1", WORKER_METRICS_PORT="0")
     check = subprocess.run(image_command(worker_check), env=env, cwd="/", timeout=30)
     assert check.returncode == 1  # no worker yet
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(image_command([*entrypoint, "worker"]), env=env, cwd="/", stdout=log, stderr=log)
-    try:
+    with image_process([*entrypoint, "worker"], env, tmp_path / "worker.log") as proc:
         eventually(lambda: subprocess.run(image_command(worker_check), env=env, cwd="/",
                                           timeout=30).returncode == 0, timeout=60, interval=0.5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         eventually(lambda: subprocess.run(image_command(worker_check), env=env, cwd="/",
                                           timeout=30).returncode == 1, timeout=15, interval=0.5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 @pytest.mark.slow
