@@ -226,6 +226,69 @@ def test_rejected_body_still_counts(api: Api, limits: Any) -> None:
     assert api.register("alice").status_code == 429
 
 
+def test_rate_limit_count_rides_with_the_first_read(api: Api, limits: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An anonymous get-post of a cached post is one Redis round trip: the request's count goes
+    out in the same write as the post read, and its decision still reaches the headers."""
+    alice = api.account("alice")
+    post = api.call("create-post", "POST", json={"content": "counted"}, token=alice.token).json
+    limits(ip=100)
+    assert api.call("get-post", "GET", f"/{post['id']}").status_code == 200  # caches the post
+    connection = cache.client().connection
+    writes: list[bytes] = []
+    send = connection.send_packed_command
+
+    def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        return send(command, *args, **kwargs)
+
+    monkeypatch.setattr(connection, "send_packed_command", counting)
+    response = api.call("get-post", "GET", f"/{post['id']}")
+    assert response.status_code == 200 and response.json["content"] == "counted"
+    assert response.headers["X-RateLimit-Remaining"] == "98"
+    assert len(writes) == 1
+    assert b"EVALSHA" in writes[0] and b"HMGET" in writes[0]
+
+
+def test_count_is_settled_before_a_write_reaches_postgres(api: Api, limits: Any) -> None:
+    """A handler that goes to PostgreSQL first (no Redis read to ride along with) still gets
+    its refusal before the query: nothing is written over budget."""
+    alice = api.account("alice")
+    limits(ip=100, account=1)
+    assert api.call("create-post", "POST", json={"content": "one"}, token=alice.token).status_code == 201
+    refused = api.call("create-post", "POST", json={"content": "two"}, token=alice.token)
+    assert refused.status_code == 429
+    assert db.scalar("SELECT count(*) FROM posts WHERE author_id = :a", a=int(alice.id)) == 1
+
+
+def test_deferred_script_survives_a_script_flush(api: Api, limits: Any) -> None:
+    """A Redis that lost its scripts (restart, SCRIPT FLUSH) answers NOSCRIPT to the deferred
+    count; the script is loaded and the count still made."""
+    api.account("alice")
+    limits(ip=3)
+    assert api.call("get-user", "GET", "/alice").headers["X-RateLimit-Remaining"] == "2"
+    cache.client().script_flush()
+    assert api.call("get-user", "GET", "/alice").headers["X-RateLimit-Remaining"] == "1"
+
+
+def test_reply_handler_failure_surfaces_after_every_reply_is_settled() -> None:
+    """Two deferred commands whose first handler raises: the second handler still gets its
+    reply, the failure is raised once every reply is settled, and the connection stays in step."""
+    seen: list[Any] = []
+
+    def refuse(_reply: Any) -> None:
+        raise RuntimeError("refused")
+
+    cache.client().set("defer:test", b"v")
+    cache.defer(("INCR", "defer:n"), refuse)
+    cache.defer(("INCR", "defer:n"), seen.append)
+    with pytest.raises(RuntimeError, match="refused"):
+        cache.read("GET", "defer:test")
+    assert seen == [2]
+    assert cache.read("GET", "defer:test") == b"v"  # the connection is still in step
+    cache.client().delete("defer:test", "defer:n")
+
+
 # --- Redis stopped --------------------------------------------------------------------------
 
 @pytest.fixture

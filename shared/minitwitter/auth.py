@@ -100,7 +100,7 @@ def token_version_key(account_id: int) -> str:
 
 def current_token_version(account_id: int) -> int | None:
     """The account's token version (None when the account no longer exists)."""
-    cached = cache.soft(lambda r: r.get(token_version_key(account_id)), None)
+    cached = cache.read("GET", token_version_key(account_id))
     if cached is not None:
         return int(cached)
     version = db.scalar("SELECT token_version FROM users WHERE id = :id", id=account_id)

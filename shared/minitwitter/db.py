@@ -22,7 +22,7 @@ import pg8000.converters
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from . import errors
+from . import cache, errors
 from .config import Config, get_config
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,12 @@ _local = _Local()
 
 
 def connection(config: Config | None = None) -> pg8000.native.Connection:
-    """This thread's connection, opened on first use (and after a failure dropped it)."""
+    """This thread's connection, opened on first use (and after a failure dropped it).
+
+    Deferred Redis commands (the request's rate-limit counts, :func:`cache.defer`) are settled
+    first, so a request over its budget is refused before it reaches PostgreSQL.
+    """
+    cache.flush_deferred()
     cfg = config or get_config()
     if _local.conn is None or _local.url != cfg.database_url:
         close_connection()

@@ -18,7 +18,7 @@ from typing import Any
 import flask
 import orjson
 
-from . import errors, logs, metrics, ratelimit
+from . import cache, errors, logs, metrics, ratelimit
 from .config import get_config
 from .jsonshape import parse_id
 
@@ -168,6 +168,7 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
             started = time.perf_counter()
             cid = call_id(request)
             limit_token = ratelimit.current.set(None)
+            cache.discard_deferred()
             with logs.context(function=name, call_id=cid):
                 try:
                     if request.method not in allowed:
@@ -175,7 +176,12 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
                     if root_only and path_parts(request):
                         raise errors.NotFound()
                     ratelimit.check_ip(rate_scope, client_ip(request))
-                    response = handler(request)
+                    try:
+                        response = handler(request)
+                    finally:
+                        # Rate-limit counts no round trip carried: over budget turns whatever
+                        # the handler answered into the 429 (it wrote nothing before this).
+                        cache.flush_deferred()
                 except errors.MinitwitterError as exc:
                     response = error_response(exc)
                 except Exception:  # noqa: BLE001 - the boundary: never leak a traceback

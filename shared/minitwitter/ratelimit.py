@@ -4,7 +4,9 @@ Each request is counted in the bucket of its client IP for its scope (``login`` 
 have their own, stricter budgets; everything else shares the ``api`` budget per IP), and, once
 authenticated, in its account's bucket. The tightest decision of the request is reported in
 ``X-RateLimit-Limit/Remaining/Reset``; a refusal is a 429 with ``Retry-After``. If Redis is down
-requests are let through (availability over strictness) and the failure is counted.
+requests are let through (availability over strictness) and the failure is counted. Counts
+ride along with the request's next Redis round trip instead of costing one of their own
+(:func:`count`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import cache, errors, metrics
 from .config import Config, get_config
@@ -50,21 +53,25 @@ return used
 """)
 
 
-def hit(bucket: str, limit: int, window: int) -> Decision | None:
-    """Count one request in ``bucket``; None when Redis is unavailable."""
+def count(scope: str, bucket: str, limit: int, window: int) -> None:
+    """Count one request in ``bucket``; the decision is applied when Redis replies.
+
+    The count is deferred (:func:`cache.defer`): it travels with the request's next Redis round
+    trip, or alone before the request first queries PostgreSQL or writes anything, or at the end
+    of the request, whichever comes first, and a refusal raises :class:`errors.RateLimited` from
+    there. Nothing is counted (the request is let through) while Redis is unavailable.
+    """
     now = int(time.time())
     start = now - now % window
     key = f"rl:{bucket}:{start}"
 
-    used = cache.soft(lambda r: _HIT(r, [key], [window + 1]), None)
-    if used is None:
-        return None
-    return Decision(limit=limit, remaining=limit - int(used), reset_at=start + window)
+    def decide(used: Any) -> None:
+        _apply(scope, Decision(limit=limit, remaining=limit - int(used), reset_at=start + window))
+
+    cache.defer(_HIT.command([key], [window + 1]), decide, script=_HIT)
 
 
-def _apply(scope: str, decision: Decision | None) -> None:
-    if decision is None:
-        return
+def _apply(scope: str, decision: Decision) -> None:
     previous = current.get()
     if previous is None or decision.remaining < previous.remaining:
         current.set(decision)
@@ -74,17 +81,19 @@ def _apply(scope: str, decision: Decision | None) -> None:
                                  limit=decision.limit, reset_at=decision.reset_at)
 
 
+
 def check_ip(scope: str, ip: str) -> None:
-    """Count a request from ``ip`` in ``scope``; raises RateLimited when over budget."""
+    """Count a request from ``ip`` in ``scope`` (RateLimited, when over budget, comes when the
+    count is settled: see :func:`count`)."""
     cfg = get_config()
     if not cfg.rate_limit_enabled:
         return
-    _apply(scope, hit(f"{scope}:ip:{ip}", ip_limit(scope, cfg), cfg.rate_limit_window))
+    count(scope, f"{scope}:ip:{ip}", ip_limit(scope, cfg), cfg.rate_limit_window)
 
 
 def check_account(account_id: int) -> None:
-    """Count a request by an authenticated account; raises RateLimited when over budget."""
+    """Count a request by an authenticated account (settled as in :func:`count`)."""
     cfg = get_config()
     if not cfg.rate_limit_enabled:
         return
-    _apply("account", hit(f"api:acct:{account_id}", cfg.rate_limit_account, cfg.rate_limit_window))
+    count("account", f"api:acct:{account_id}", cfg.rate_limit_account, cfg.rate_limit_window)

@@ -63,7 +63,7 @@ class VersionedCache:
     def get(self, key: str, names: Sequence[str]) -> tuple[list[bytes | None], bytes] | None:
         """``(values, generation)``, or None when Redis is unavailable."""
         replay_repairs()
-        raw: list[Any] | None = cache.soft(lambda r: list(r.hmget(key, [*names, "g"])), None)
+        raw: list[Any] | None = cache.read("HMGET", key, *names, "g")
         if raw is None:
             return None
         values: list[bytes | None] = raw[:-1]
@@ -74,8 +74,8 @@ class VersionedCache:
     def generation(self, key: str) -> bytes | None:
         """The current generation of ``key`` (b"" when none), or None when Redis is unavailable."""
         replay_repairs()
-        value: Any = cache.soft(lambda r: r.hget(key, "g") or b"", None)
-        return None if value is None else bytes(value)
+        value: Any = cache.read("HGET", key, "g", default=False)
+        return None if value is False else bytes(value or b"")
 
     def fill(self, key: str, generation: bytes, mapping: dict[str, bytes | str]) -> bytes | None:
         """Store ``mapping`` if nothing was written since ``generation`` was read.
