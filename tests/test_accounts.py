@@ -8,7 +8,7 @@ from typing import Any
 import jwt
 import pytest
 
-from minitwitter import db
+from minitwitter import db, users
 from minitwitter.config import set_config
 from minitwitter.users import SENTIMENT_WINDOW
 from tests.api import PASSWORD, Api
@@ -30,10 +30,12 @@ def assert_clean(response: Any) -> None:
 
 
 def add_posts(author_id: str, rows: list[tuple[str, str | None]]) -> None:
-    """Insert posts (status, label) oldest first; posts.py is not under test here."""
+    """Insert posts (status, label) oldest first; posts.py is not under test here, so the
+    account's cached view is dropped by hand, as a post write does."""
     for status, label in rows:
         db.run("INSERT INTO posts (author_id, content, sentiment_status, sentiment_label) "
                "VALUES (:a, 'text', :s, :l)", a=int(author_id), s=status, l=label)
+    users.invalidate_accounts(int(author_id))
 
 
 # --- register -------------------------------------------------------------------------------

@@ -158,3 +158,53 @@ def test_public_first_page_cache_is_per_limit(api: Api, limit: int) -> None:
         assert len(ids_of(response)) == min(limit, 3)
         assert ("next" in response.headers.get("Link", "")) is (limit == 1)
     assert cache.client().hget(feed.PUBLIC_KEY, str(limit)) is not None
+
+
+# --- the account view (get-user) -----------------------------------------------------------------
+
+def profile(api: Api, name: str) -> dict[str, Any]:
+    """The anonymous view of an account by name and by id, read twice (the second is a hit)."""
+    for _ in range(2):
+        by_name = api.call("get-user", "GET", f"/{name}").json
+        by_id = api.call("get-user", "GET", f"/id/{by_name['id']}").json
+        assert by_name == by_id
+    return by_name
+
+
+def test_account_view_is_served_from_the_cache(api: Api) -> None:
+    """A change behind the cache's back stays invisible until invalidated: the cache is real."""
+    from minitwitter import users
+
+    alice = api.account("alice")
+    assert profile(api, "alice")["bio"] == ""
+    db.run("UPDATE users SET bio = 'sneaky' WHERE id = :id", id=int(alice.id))
+    assert profile(api, "alice")["bio"] == ""
+    assert api.call("get-user", "GET", "/me", token=alice.token).json["bio"] == "sneaky"  # own view: PostgreSQL
+    users.invalidate_accounts(int(alice.id))
+    assert profile(api, "alice")["bio"] == "sneaky"
+
+
+def test_every_write_an_account_view_shows_is_visible(api: Api) -> None:
+    from tests.test_sentiment_jobs import run_worker
+
+    alice, bob = api.account("alice"), api.account("bob")
+    assert profile(api, "alice")["posts_count"] == 0
+    post = create(api, alice, "what a lovely, wonderful day")
+    seen = profile(api, "alice")
+    assert seen["posts_count"] == 1 and seen["sentiment_summary"]["pending"] == 1
+    run_worker()  # the real sentiment job records the verdict
+    summary = profile(api, "alice")["sentiment_summary"]
+    assert (summary["pending"], summary["positive"], summary["dominant"]) == (0, 1, "positive")
+    edited = api.call("update-post", "PATCH", f"/{post['id']}", json={"content": "hmm"}, token=alice.token)
+    assert edited.status_code == 200
+    assert profile(api, "alice")["sentiment_summary"]["pending"] == 1
+    follow(api, bob, alice)
+    assert profile(api, "alice")["followers_count"] == 1 and profile(api, "bob")["following_count"] == 1
+    follow(api, bob, alice, "DELETE")
+    assert profile(api, "alice")["followers_count"] == 0 and profile(api, "bob")["following_count"] == 0
+    changed = api.call("update-user", "PATCH", "/me", json={"display_name": "Alice A."}, token=alice.token)
+    assert changed.status_code == 200
+    assert profile(api, "alice")["display_name"] == "Alice A."
+    assert api.call("delete-post", "DELETE", f"/{post['id']}", token=alice.token).status_code == 204
+    seen = profile(api, "alice")
+    assert seen["posts_count"] == 0 and seen["sentiment_summary"]["posts"] == 0

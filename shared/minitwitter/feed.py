@@ -326,7 +326,6 @@ def _followers(author_id: int) -> list[int]:
 
 def on_post_created(post_id: int, author_id: int) -> None:
     """Show the post in its author's feed now, and queue the fan-out to followers' feeds."""
-    invalidate_public()
     _push({home_key(author_id): [post_id]})
     _queue_fan_out("add", post_id, author_id)
 

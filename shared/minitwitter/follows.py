@@ -2,7 +2,8 @@
 
 ``follow`` inserts with ``ON CONFLICT DO NOTHING`` and ``unfollow`` deletes, so repeating either
 returns 200 with the same state. The follower/following counters are kept by the ``follows``
-trigger in the same transaction. After the write the home-timeline cache is told through
+trigger in the same transaction. After the write both accounts' cached views are bumped
+(every time, repeats included, so a retry repairs a bump Redis missed) and the home-timeline cache is told through
 ``minitwitter.feed.on_follow`` / ``on_unfollow`` when that module provides them (it is imported
 lazily and its absence or failure never fails the write: Redis is only a cache, and the feed
 rebuilds from PostgreSQL).
@@ -46,6 +47,7 @@ def follow(follower_id: int, username: str) -> dict[str, Any]:
     # A concurrently deleted target is a foreign-key violation, which db maps to NotFound.
     db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:f, :t) ON CONFLICT DO NOTHING",
            f=follower_id, t=target_id)
+    users.invalidate_accounts(follower_id, target_id)  # their counts
     _notify_feed("on_follow", follower_id, target_id)
     return relationship(follower_id, target_id, name)
 
@@ -55,6 +57,7 @@ def unfollow(follower_id: int, username: str) -> dict[str, Any]:
     target_id, name = _target(follower_id, username)
     db.run("DELETE FROM follows WHERE follower_id = :f AND followee_id = :t",
            f=follower_id, t=target_id)
+    users.invalidate_accounts(follower_id, target_id)
     _notify_feed("on_unfollow", follower_id, target_id)
     return relationship(follower_id, target_id, name)
 

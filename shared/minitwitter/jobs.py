@@ -81,7 +81,7 @@ for _kind, _table, _post in (("post", "posts", "id"), ("comment", "comments", "p
                 " CAST(:scores AS float8[]), CAST(:backends AS text[]), CAST(:models AS text[]))"
                 " AS v(id, version, label, score, backend, model)"
                 " WHERE t.id = v.id AND t.sentiment_version = v.version AND t.sentiment_status <> 'done'"
-                f" RETURNING t.id, t.{_post}, t.sentiment_version",
+                f" RETURNING t.id, t.{_post}, t.sentiment_version, t.author_id",
         "fail": f"UPDATE {_table} AS t SET sentiment_attempts = t.sentiment_attempts + 1,"
                 " sentiment_reason = v.reason, sentiment_updated_at = now(),"
                 " sentiment_status = CASE WHEN NOT v.retryable OR t.sentiment_attempts + 1 >= :max"
@@ -92,7 +92,7 @@ for _kind, _table, _post in (("post", "posts", "id"), ("comment", "comments", "p
                 " CAST(:retryable AS boolean[])) AS v(id, version, reason, retryable)"
                 " WHERE t.id = v.id AND t.sentiment_version = v.version AND t.sentiment_status <> 'done'"
                 f" RETURNING t.id, t.{_post}, t.sentiment_version, t.sentiment_status,"
-                " EXTRACT(EPOCH FROM t.sentiment_next_at - now())",
+                " EXTRACT(EPOCH FROM t.sentiment_next_at - now()), t.author_id",
         "due": f"SELECT id, sentiment_version FROM {_table} WHERE sentiment_status IN ('pending', 'failed')"
                " AND ((sentiment_status = 'pending' AND COALESCE(sentiment_next_at,"
                " updated_at + make_interval(secs => :grace)) <= now())"
@@ -309,6 +309,7 @@ def _record_verdicts(done: list[tuple[Item, Verdict]]) -> int:
 
     written: list[tuple[Item, Verdict]] = []
     delivery_ids: list[int] = []
+    authors: set[int] = set()
     with db.transaction():
         for kind in KINDS:
             batch = [(i, v) for i, v in done if i.kind == kind]
@@ -319,13 +320,15 @@ def _record_verdicts(done: list[tuple[Item, Verdict]]) -> int:
                           scores=[v.score for _, v in batch], backends=[v.backend for _, v in batch],
                           models=[v.model for _, v in batch])
             ok = {int(r[0]) for r in rows}
+            if kind == "post":
+                authors.update(int(r[3]) for r in rows)
             kept = [(i, v) for i, v in batch if i.id in ok]
             written.extend(kept)
             delivery_ids += callbacks.create_deliveries(
                 kind, [(i.id, i.version, i.post_id, v.as_json()) for i, v in kept])
     for _item, verdict in written:
         metrics.SENTIMENT_ITEMS.labels(verdict.backend, verdict.label, "done").inc()
-    _invalidate([item for item, _ in written])
+    _invalidate([item for item, _ in written], authors)
     callbacks.enqueue_deliveries(delivery_ids)
     return len(written)
 
@@ -336,6 +339,7 @@ def _record_failures(bad: list[tuple[Item, BackendError]], backend: Backend, cfg
     retry_tokens: list[str] = []
     retry_delay = cfg.sentiment_retry_max
     delivery_ids: list[int] = []
+    authors: set[int] = set()
     with db.transaction():
         for kind in KINDS:
             batch = [(i, e) for i, e in bad if i.kind == kind]
@@ -347,8 +351,10 @@ def _record_failures(bad: list[tuple[Item, BackendError]], backend: Backend, cfg
                           base=cfg.sentiment_retry_base, cap=cfg.sentiment_retry_max)
             by_id = {i.id: (i, e) for i, e in batch}
             final: list[tuple[int, int, int, dict[str, Any]]] = []
-            for row_id, post_id, version, status, delay in rows:
+            for row_id, post_id, version, status, delay, author_id in rows:
                 item, error = by_id[int(row_id)]
+                if kind == "post" and status == "failed":
+                    authors.add(int(author_id))  # its profile's sentiment summary counts failures
                 if status == "pending":
                     retry_tokens.append(item.token)
                     retry_delay = min(retry_delay, max(0.0, float(delay)))
@@ -360,7 +366,7 @@ def _record_failures(bad: list[tuple[Item, BackendError]], backend: Backend, cfg
                     final.append((item.id, version, int(post_id), {
                         "status": "failed", "label": None, "score": None, "model": backend.model}))
             delivery_ids += callbacks.create_deliveries(kind, final, consume=False)
-    _invalidate([item for item, _ in bad])
+    _invalidate([item for item, _ in bad], authors)
     callbacks.enqueue_deliveries(delivery_ids)
     if retry_tokens:
         try:
@@ -370,15 +376,16 @@ def _record_failures(bad: list[tuple[Item, BackendError]], backend: Backend, cfg
             cache.mark_down(exc)  # the reconciler picks them up when their retry is due
 
 
-def _invalidate(items: list[Item]) -> None:
-    """Drop the caches that show the items: one batch call per kind, not one per item."""
+def _invalidate(items: list[Item], post_authors: set[int]) -> None:
+    """Drop the caches that show the items, and the account views (sentiment summaries) of
+    ``post_authors``: one batch call per kind, not one per item."""
     from . import comments, posts  # imported here: both modules enqueue jobs through this one
 
     post_ids = [i.id for i in items if i.kind == "post"]
     comment_ids = [(i.post_id, i.id) for i in items if i.kind == "comment"]
     try:
         if post_ids:
-            posts.invalidate_posts(post_ids)
+            posts.invalidate_posts(post_ids, post_authors)
         if comment_ids:
             comments.invalidate_comments(comment_ids)
     except Exception:

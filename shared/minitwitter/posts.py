@@ -20,9 +20,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import orjson
-
-from . import db, errors, metrics
+from . import db, errors, metrics, versioned_cache
 from .jsonshape import ident, iso
 from .validation import Str, fields
 from .versioned_cache import VersionedCache
@@ -99,38 +97,36 @@ def liked_ids(viewer: int | None, ids: Sequence[int]) -> set[int]:
 
 def get(post_id: int, viewer: int | None = None) -> dict[str, Any]:
     """One post with author, counts, sentiment and the viewer's ``liked``; NotFound if absent."""
-    key = _post_key(post_id)
-    seen = POST_CACHE.get(key, ["d"])
-    if seen is not None and seen[0][0] is not None:
-        post = orjson.loads(seen[0][0])
-        post["liked"] = post_id in liked_ids(viewer, [post_id])
-        return post
-    row = db.one(f"SELECT {COLUMNS} {FROM} WHERE p.id = :id", id=post_id, viewer=viewer)
-    if row is None:
+    def load() -> dict[str, Any] | None:
+        row = db.one(f"SELECT {COLUMNS} {FROM} WHERE p.id = :id", id=post_id, viewer=None)
+        return None if row is None else post_json(row)
+
+    post: dict[str, Any] | None = POST_CACHE.read_through(_post_key(post_id), load)
+    if post is None:
         raise errors.NotFound("post not found")
-    post = post_json(row)
-    if seen is not None:
-        POST_CACHE.fill(key, seen[1], {"d": orjson.dumps({**post, "liked": False})})
+    post["liked"] = post_id in liked_ids(viewer, [post_id])
     return post
 
 
-def invalidate_post(post_id: int) -> None:
-    """Drop every cached copy of the post (object, counts, first timeline pages holding it).
+def invalidate_post(post_id: int, author_id: int | None = None) -> None:
+    """Drop every cached copy of the post (object, counts, first timeline pages holding it) and,
+    when the write changed what its author's profile shows, the author's account view.
 
     Every write here calls it; the sentiment worker uses the batch form below.
     """
-    invalidate_posts([post_id])
+    invalidate_posts([post_id], [] if author_id is None else [author_id])
 
 
-def invalidate_posts(post_ids: Iterable[int]) -> None:
-    """:func:`invalidate_post` for many posts: one Redis round trip, one timeline bump."""
-    keys = [_post_key(post_id) for post_id in post_ids]
-    if not keys:
+def invalidate_posts(post_ids: Iterable[int], author_ids: Iterable[int] = ()) -> None:
+    """:func:`invalidate_post` for many posts: one Redis round trip for every entry."""
+    from . import feed, users
+
+    entries = [(POST_CACHE, _post_key(post_id)) for post_id in post_ids]
+    if not entries:
         return
-    from . import feed
-
-    POST_CACHE.bump(*keys)
-    feed.invalidate_public()
+    entries.append((feed.PUBLIC_CACHE, feed.PUBLIC_KEY))
+    entries += [(users.ACCOUNT_CACHE, users.account_key(a)) for a in sorted(set(author_ids))]
+    versioned_cache.bump_all(entries)
 
 
 # --- writes --------------------------------------------------------------------------------
@@ -262,6 +258,7 @@ def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None 
     metrics.POSTS_CREATED.inc()
     from . import feed
 
+    invalidate_post(post_id, author_id)  # the public first pages and the author's posts_count
     feed.on_post_created(post_id, author_id)
     enqueue_sentiment("post", post_id, 1, call_id)
     return post_json(inserted[-1]), True
@@ -287,7 +284,7 @@ def update(author_id: int, post_id: int, body: dict[str, Any], *, callback_heade
         if version is None:
             raise errors.NotFound("post not found")
         register_callback("post", post_id, int(version), url, call_id)
-    invalidate_post(post_id)
+    invalidate_post(post_id, author_id)
     enqueue_sentiment("post", post_id, int(version), call_id)
     return get(post_id, author_id)
 
@@ -299,7 +296,7 @@ def delete(author_id: int, post_id: int) -> None:
                             id=post_id, a=author_id)
         if deleted is None:
             raise errors.NotFound("post not found")
-    invalidate_post(post_id)
+    invalidate_post(post_id, author_id)
     from . import comments, feed
 
     comments.invalidate_comment(post_id, 0)  # its comment pages must now answer 404

@@ -6,22 +6,27 @@ Conflict** with ``details = {"username": ["is already taken"]}``: the request is
 conflicts with the current state (design.md's 409), and the field-level ``details`` still tell a
 form which input to fix.
 
-Reads are not cached in Redis: an account is one primary-key (or unique-index) lookup that
-returns the trigger-maintained counters, the viewer's relationship and the sentiment summary of
-the latest :data:`SENTIMENT_WINDOW` posts in a single round trip, so every write by anyone
-(posts, follows, sentiment results) is visible on the next read without an invalidation protocol
-between modules. Only the token version is cached (in :mod:`auth`), and a password change writes
-the new one through. The password hash never leaves this module: :func:`account_json` has no
-field for it and :func:`login` returns a token.
+An account is one primary-key (or unique-index) lookup that returns the trigger-maintained
+counters, the viewer's relationship and the sentiment summary of the latest
+:data:`SENTIMENT_WINDOW` posts in a single round trip. The anonymous view (no relationship) is
+cached in Redis by a :class:`~versioned_cache.VersionedCache` under ``user:<id>``, bumped after
+every write that changes what it shows: a post created, edited or deleted and a sentiment verdict
+(:func:`posts.invalidate_posts` with the authors), a follow or unfollow (both accounts), a profile
+edit. Usernames never change and accounts are never deleted, so the name -> id lookup is cached
+without invalidation. A viewer's own view (``/me``, or any account seen with a token) is always
+read from PostgreSQL. The token version is cached in :mod:`auth`; a password change writes the
+new one through. The password hash never leaves this module: :func:`account_json` has no field
+for it and :func:`login` returns a token.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import auth, db, errors
+from . import auth, cache, db, errors
 from .jsonshape import iso
 from .validation import Str, fields, require_some
+from .versioned_cache import VersionedCache
 
 USERNAME_PATTERN = r"[a-z0-9_]{3,30}"
 USERNAME_MIN, USERNAME_MAX = 3, 30
@@ -33,6 +38,9 @@ SENTIMENT_WINDOW = 50
 # get-user's ``/me`` and ``/id/<id>`` cannot collide with an account: both are shorter than
 # USERNAME_MIN, so no name needs reserving.
 LABELS = ("positive", "neutral", "negative")
+#: The anonymous account views (see the module docstring) and the cached name -> id lookups.
+ACCOUNT_CACHE = VersionedCache("account", 300)
+NAME_TTL = 24 * 3600
 
 USERNAME = Str(min=USERNAME_MIN, max=USERNAME_MAX, pattern=USERNAME_PATTERN, strip=False, lower=True,
                pattern_message="may contain only letters, digits and underscores")
@@ -110,8 +118,26 @@ def account_json(row: list[Any]) -> dict[str, Any]:
     }
 
 
+def account_key(account_id: int) -> str:
+    return f"user:{account_id}"
+
+
+def invalidate_accounts(*account_ids: int) -> None:
+    """Drop the cached views of ``account_ids`` (after a committed write that changed them)."""
+    ACCOUNT_CACHE.bump(*[account_key(a) for a in sorted(set(account_ids))])
+
+
 def get_by_id(account_id: int, viewer_id: int | None = None) -> dict[str, Any]:
     """The account with id ``account_id`` as ``viewer_id`` sees it; NotFound when absent."""
+    if viewer_id is None:
+        def load() -> dict[str, Any] | None:
+            row = db.one(_BY_ID, id=account_id, viewer=None, window=SENTIMENT_WINDOW)
+            return None if row is None else account_json(row)
+
+        account: dict[str, Any] | None = ACCOUNT_CACHE.read_through(account_key(account_id), load)
+        if account is None:
+            raise errors.NotFound("account not found")
+        return account
     row = db.one(_BY_ID, id=account_id, viewer=viewer_id, window=SENTIMENT_WINDOW)
     if row is None:
         raise errors.NotFound("account not found")
@@ -123,6 +149,11 @@ def get_by_username(username: str, viewer_id: int | None = None) -> dict[str, An
     name = username.lower()
     if not _valid_username(name):
         raise errors.NotFound("account not found")
+    if viewer_id is None:
+        account_id = find_id(name)
+        if account_id is None:
+            raise errors.NotFound("account not found")
+        return get_by_id(account_id)
     row = db.one(_BY_NAME, username=name, viewer=viewer_id, window=SENTIMENT_WINDOW)
     if row is None:
         raise errors.NotFound("account not found")
@@ -134,8 +165,15 @@ def find_id(username: str) -> int | None:
     name = username.lower()
     if not _valid_username(name):
         return None
+    key = f"user:name:{name}"
+    cached = cache.read("GET", key)
+    if cached is not None:
+        return int(cached)
     value = db.scalar("SELECT id FROM users WHERE lower(username) = :username", username=name)
-    return int(value) if value is not None else None
+    if value is None:
+        return None  # never cached: the name may be registered next
+    cache.soft(lambda r: r.set(key, int(value), ex=NAME_TTL), None)
+    return int(value)
 
 
 def _valid_username(name: str) -> bool:
@@ -203,4 +241,5 @@ def update(account_id: int, body: dict[str, Any]) -> dict[str, Any]:
         raise errors.NotFound("account not found")
     if new_hash is not None:
         auth.forget_token_version(account_id, int(row[0]))
+    invalidate_accounts(account_id)
     return get_by_id(account_id, account_id)

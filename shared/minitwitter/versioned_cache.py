@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from . import cache, metrics
 
 log = logging.getLogger(__name__)
@@ -89,12 +91,29 @@ class VersionedCache:
             r, [key], [generation, self.ttl, _generation(), *flat]), None)
         return stored or None
 
+    def read_through(self, key: str, load: Callable[[], Any]) -> Any:
+        """The JSON value cached under ``key``; on a miss ``load()`` (PostgreSQL) and store what
+        it returned unless a write bumped ``key`` meanwhile. ``load`` returning None (absent) is
+        not cached. With Redis down every call loads."""
+        seen = self.get(key, ["d"])
+        if seen is not None and seen[0][0] is not None:
+            return orjson.loads(seen[0][0])
+        value = load()
+        if value is not None and seen is not None:
+            self.fill(key, seen[1], {"d": orjson.dumps(value)})
+        return value
+
     def bump(self, *keys: str) -> None:
         """Invalidate ``keys`` after a write; retried by :func:`replay_repairs` if Redis is down."""
-        def run(r: Any) -> None:
-            _BUMP.each(r, [([key], [self.ttl, _generation()]) for key in keys])
-        if keys:
-            cache_write(run, self.bump, *keys)
+        bump_all([(self, key) for key in keys])
+
+
+def bump_all(entries: Sequence[tuple[VersionedCache, str]]) -> None:
+    """Invalidate entries of several caches in one round trip (:meth:`VersionedCache.bump`)."""
+    def run(r: Any) -> None:
+        _BUMP.each(r, [([key], [entry.ttl, _generation()]) for entry, key in entries])
+    if entries:
+        cache_write(run, bump_all, list(entries))
 
 
 # --- cache writes missed while Redis was down ---------------------------------------------------
