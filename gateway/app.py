@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import concurrent.futures
-import contextvars
 import hmac
 import logging
 import socket
@@ -34,7 +32,7 @@ from minitwitter import cache, db, errors, logs, metrics
 from minitwitter.config import Config, use_config
 from minitwitter.http import dumps
 
-from . import observability, queue_worker
+from . import handoff, observability, queue_worker
 from .registry import Hosted, Registry
 
 log = logging.getLogger("minitwitter.gateway")
@@ -66,8 +64,6 @@ class Gateway:
         self.config = config
         self.registry = registry or Registry(config)
         self.instance = f"{socket.gethostname()}:{config.gateway_port}"
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(4, config.gateway_threads * 2), thread_name_prefix="fn")
         metrics.add_scrape_collector(self._service_counts)
         # Queue depth/age and the sentiment backlog, read from Redis and PostgreSQL per scrape.
         observability.register_collectors(config)
@@ -161,19 +157,23 @@ class Gateway:
         return [body]
 
     def _run_function(self, hosted: Hosted, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
-        """Call the function's WSGI app on a pool thread, bounded by FUNCTION_TIMEOUT."""
+        """Call the function's WSGI app on this thread's helper, bounded by FUNCTION_TIMEOUT."""
         if not self.config.function_timeout:  # 0 disables the timeout: no thread hand-off
             return self._call_app(hosted, environ)
-        ctx = contextvars.copy_context()
-        future = self.pool.submit(ctx.run, self._call_app, hosted, environ)
         try:
-            return future.result(timeout=self.config.function_timeout or None)
-        except concurrent.futures.TimeoutError:
+            return handoff.run(lambda: self._call_app(hosted, environ), self.config.function_timeout)
+        except handoff.CallTimedOut:
             log.error("function timed out", extra={"function": hosted.name,
                                                    "timeout_s": self.config.function_timeout})
             response = json_error(504, "function timed out",
                                   {"timeout_seconds": self.config.function_timeout})
             return "504 GATEWAY TIMEOUT", list(response.headers.items()), response.get_data()
+        except handoff.TooManyStuckCalls:
+            log.error("refused: too many timed-out calls still running",
+                      extra={"function": hosted.name, "stuck_calls": handoff.abandoned()})
+            response = json_error(503, "too many timed-out function calls are still running",
+                                  {"stuck_calls": handoff.abandoned()}, {"Retry-After": "5"})
+            return "503 SERVICE UNAVAILABLE", list(response.headers.items()), response.get_data()
         except Exception:  # noqa: BLE001
             log.exception("function crashed", extra={"function": hosted.name})
             response = json_error(500, "internal error")
