@@ -208,3 +208,32 @@ def test_every_write_an_account_view_shows_is_visible(api: Api) -> None:
     assert api.call("delete-post", "DELETE", f"/{post['id']}", token=alice.token).status_code == 204
     seen = profile(api, "alice")
     assert seen["posts_count"] == 0 and seen["sentiment_summary"]["posts"] == 0
+
+
+def test_batched_invalidation_is_one_write_and_survives_a_script_flush(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A post write bumps the post, the public first pages and the author's view together: one
+    write on the connection, and a Redis that lost its scripts (NOSCRIPT) still gets them all."""
+    from minitwitter import users
+
+    alice = api.account("alice")
+    post = create(api, alice, "bumped")
+    keys = [posts._post_key(int(post["id"])), feed.PUBLIC_KEY, users.account_key(int(alice.id))]
+    r = cache.client()
+    before = [r.hget(key, "g") for key in keys]
+    connection = r.connection
+    writes: list[Any] = []
+    send = connection.send_packed_command
+
+    def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(command)
+        return send(command, *args, **kwargs)
+
+    monkeypatch.setattr(connection, "send_packed_command", counting)
+    posts.invalidate_post(int(post["id"]), int(alice.id))
+    middle = [r.hget(key, "g") for key in keys]
+    assert len(writes) == 1 + len(keys)  # the bumps in one write, then the three HGETs above
+    r.script_flush()
+    posts.invalidate_post(int(post["id"]), int(alice.id))
+    after = [r.hget(key, "g") for key in keys]
+    assert all(a != b and b != c for a, b, c in zip(before, middle, after, strict=True))

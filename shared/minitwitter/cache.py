@@ -125,14 +125,23 @@ class Lua:
         return self._script(keys=list(keys), args=list(args), client=r)
 
     def each(self, r: Any, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
-        """Run the script once per ``(keys, args)``: a single call directly, several in one
-        pipeline (one round trip either way; a pipeline costs an extra script check)."""
+        """Run the script once per ``(keys, args)`` in one round trip: a single call directly,
+        several as raw EVALSHAs written at once on the thread's connection (a redis-py pipeline
+        would check the script with an extra SCRIPT EXISTS round trip every time)."""
         if len(calls) == 1:
             return [self(r, *calls[0])]
-        pipe = r.pipeline(transaction=False)
-        for keys, args in calls:
-            self(pipe, keys, args)
-        return list(pipe.execute())
+        if getattr(r, "connection", None) is None:  # a pooled client: no connection of its own
+            pipe = r.pipeline(transaction=False)
+            for keys, args in calls:
+                self(pipe, keys, args)
+            return list(pipe.execute())
+        replies = _send_all(r, [self.command(keys, args) for keys, args in calls])
+        for i, ((keys, args), reply) in enumerate(zip(calls, replies, strict=True)):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                replies[i] = self(r, keys, args)  # loads the script, then runs it
+            elif isinstance(reply, redis.RedisError):
+                raise reply
+        return replies
 
 
 def is_down() -> bool:
