@@ -65,7 +65,7 @@ def start_services(env: dict[str, str], stdout: Any = None, stderr: Any = None) 
 
 def stop_services(processes: list[subprocess.Popen[Any]], grace: float = 35.0,
                   sig: int = signal.SIGTERM) -> None:
-    """Signal each (SIGTERM: gunicorn drains, workers finish their job), kill what outlives ``grace``."""
+    """Signal each (SIGTERM: granian drains, workers finish their job), kill what outlives ``grace``."""
     for proc in processes:
         if proc.poll() is None:
             proc.send_signal(sig)

@@ -20,17 +20,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from minitwitter.config import Config, load_config
+from minitwitter.logs import FORMATTER_OPTIONS
 
 #: granian's loggers, written as JSON on stderr (python-json-logger) instead of its text format.
 LOG_CONFIG: dict[str, Any] = {
     "formatters": {
-        "json": {
-            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
-            "fmt": "{asctime}{levelname}{name}{message}",
-            "style": "{",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-            "datefmt": "%Y-%m-%dT%H:%M:%S%z",
-        },
+        "json": {"()": "pythonjsonlogger.orjson.OrjsonFormatter", **FORMATTER_OPTIONS},
     },
     "handlers": {
         "console": {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},

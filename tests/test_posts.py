@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from minitwitter import cache, db, jobs
+from minitwitter import cache, db, jobs, posts
 from tests.api import Account, Api
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -312,9 +312,7 @@ def seed(author_id: int, count: int, content: str = "post {i}") -> list[int]:
     """Insert ``count`` posts directly (fast), returning their ids oldest first."""
     rows = db.run("INSERT INTO posts (author_id, content) SELECT :a, replace(:c, '{i}', g::text) "
                   "FROM generate_series(1, :n) g RETURNING id", a=author_id, c=content, n=count)
-    from minitwitter import feed
-
-    feed.invalidate_public()
+    posts.invalidate_posts([row[0] for row in rows])  # as the API's writes do
     return [row[0] for row in rows]
 
 

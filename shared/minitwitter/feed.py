@@ -172,11 +172,6 @@ def _public_first_page(page: Page, viewer: int | None) -> Listing:
     return Listing(orjson.dumps(items), cached.link)
 
 
-def invalidate_public() -> None:
-    """Forget the cached first pages of the public timeline (after any write they show)."""
-    PUBLIC_CACHE.bump(PUBLIC_KEY)
-
-
 # --- home feeds ------------------------------------------------------------------------------
 
 def home_key(account_id: int) -> str:

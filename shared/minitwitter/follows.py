@@ -2,9 +2,9 @@
 
 ``follow`` inserts with ``ON CONFLICT DO NOTHING`` and ``unfollow`` deletes, so repeating either
 returns 200 with the same state. The follower/following counters are kept by the ``follows``
-trigger in the same transaction. After the write both accounts' cached views are bumped
-(every time, repeats included, so a retry repairs a bump Redis missed) and the home-timeline cache is told through
-``minitwitter.feed.on_follow`` / ``on_unfollow`` when that module provides them (it is imported
+trigger in the same transaction. After the write both accounts' cached views are bumped (every
+time, repeats included, so a retry repairs a bump Redis missed) and the home-timeline cache is
+told through ``minitwitter.feed.on_follow`` / ``on_unfollow`` when that module provides them (it is imported
 lazily and its absence or failure never fails the write: Redis is only a cache, and the feed
 rebuilds from PostgreSQL).
 """

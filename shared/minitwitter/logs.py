@@ -72,14 +72,19 @@ class ContextFilter(logging.Filter):
         return True
 
 
+#: The JSON record layout of every log line: this library's handlers and the gateway server's own
+#: loggers (``gateway/serve.py``) build their formatters from it.
+FORMATTER_OPTIONS: dict[str, Any] = {
+    "fmt": "{asctime}{levelname}{name}{message}",
+    "style": "{",
+    "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+    "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+}
+
+
 def _formatter() -> OrjsonFormatter:
     # python-json-logger's orjson flavour: ~12 us per record against ~18 us for the json one.
-    return OrjsonFormatter(
-        "{asctime}{levelname}{name}{message}",
-        style="{",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-    )
+    return OrjsonFormatter(**FORMATTER_OPTIONS)
 
 
 class DatabaseLogHandler(logging.Handler):

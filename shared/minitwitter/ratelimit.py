@@ -81,7 +81,6 @@ def _apply(scope: str, decision: Decision) -> None:
                                  limit=decision.limit, reset_at=decision.reset_at)
 
 
-
 def check_ip(scope: str, ip: str) -> None:
     """Count a request from ``ip`` in ``scope`` (RateLimited, when over budget, comes when the
     count is settled: see :func:`count`)."""

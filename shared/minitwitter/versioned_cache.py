@@ -5,7 +5,8 @@ to a generation token: every write bumps the entry's generation *after* its comm
 stores what it read only if the generation it saw before its query is still current. Cache writes
 that fail while Redis is down are remembered and replayed when it answers again
 (:func:`cache_write`, :func:`replay_repairs`), so a Redis that comes back with old data (AOF) does
-not keep serving what the outage's writes changed. Used by posts, comments and the timelines.
+not keep serving what the outage's writes changed. Used by posts, comments, accounts and the
+timelines.
 """
 
 from __future__ import annotations
