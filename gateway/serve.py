@@ -25,7 +25,7 @@ from minitwitter.logs import FORMATTER_OPTIONS
 #: granian's loggers, written as JSON on stderr (python-json-logger) instead of its text format.
 LOG_CONFIG: dict[str, Any] = {
     "formatters": {
-        "json": {"()": "pythonjsonlogger.orjson.OrjsonFormatter", **FORMATTER_OPTIONS},
+        "json": {"()": "minitwitter.logs.JsonFormatter", **FORMATTER_OPTIONS},
     },
     "handlers": {
         "console": {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
