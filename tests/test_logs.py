@@ -63,6 +63,9 @@ def test_a_record_becomes_one_line_on_the_stream_and_one_row_with_the_same_field
     assert (row["function"], row["call_id"], row["account_id"]) == ("get-user", "call-1", 42)
     assert (row["status"], row["duration_ms"], row["instance"]) == (200, 1.25, logs.INSTANCE)
     assert row["extra"] == {"path": "/alice"}
+    # Log rows commit without waiting for the WAL flush, but only they: the thread's session
+    # (the one requests use) still commits durably.
+    assert db.scalar("SHOW synchronous_commit") == "on"
 
 
 def test_warnings_reach_the_stream_at_once_after_what_was_pending(sink):
