@@ -237,3 +237,42 @@ def test_batched_invalidation_is_one_write_and_survives_a_script_flush(
     posts.invalidate_post(int(post["id"]), int(alice.id))
     after = [r.hget(key, "g") for key in keys]
     assert all(a != b and b != c for a, b, c in zip(before, middle, after, strict=True))
+
+
+def test_create_post_sends_its_post_commit_writes_in_one_round_trip(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The invalidations, the author's feed push, the fan-out and the sentiment enqueue that
+    follow the commit go out in one write before the response, and the next reads see them."""
+    from minitwitter import jobs
+
+    alice, bob = api.account("alice"), api.account("bob")
+    follow(api, bob, alice)
+    first = create(api, alice, "loads the scripts")  # into a Redis an earlier test flushed
+    cache.client().delete(feed.FAN_OUT_TODO, jobs.TODO_KEY)
+    assert home(api, alice) == [int(first["id"])]  # alice's home feed is now cached
+    assert api.call("get-user", "GET", "/alice").json["posts_count"] == 1  # her view too
+    connection = cache.client().connection
+    writes: list[bytes] = []
+    send = connection.send_packed_command
+
+    def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        return send(command, *args, **kwargs)
+
+    monkeypatch.setattr(connection, "send_packed_command", counting)
+    post = create(api, alice, "one trip")
+    monkeypatch.undo()
+
+    scripts = [versioned_cache._BUMP.sha, feed._PUSH.sha, jobs._ENQUEUE.sha]
+    marks = [s.encode() for s in scripts] + [feed.FAN_OUT_TODO.encode()]
+    carrying = [w for w in writes if any(m in w for m in marks)]
+    assert len(carrying) == 1
+    assert all(s.encode() in carrying[0] for s in scripts) and feed.FAN_OUT_TODO.encode() in carrying[0]
+    assert carrying[0].count(versioned_cache._BUMP.sha.encode()) == 3  # post, public page, alice
+    # ... and all of it is there for the next reads (no worker runs in this test).
+    assert home(api, alice) == [int(post["id"]), int(first["id"])]
+    assert api.call("get-user", "GET", "/alice").json["posts_count"] == 2
+    assert in_list(api.call("list-posts", "GET", "/").json, post["id"]) is not None
+    assert cache.client().lrange(feed.FAN_OUT_TODO, 0, -1) == [f"add:{post['id']}:{alice.id}".encode()]
+    queued = [jobs.parse_token(t) for t in cache.client().lrange(jobs.TODO_KEY, 0, -1)]
+    assert [(i.kind, i.id, i.version) for i in queued if i] == [("post", int(post["id"]), 1)]

@@ -163,7 +163,7 @@ def mark_down(exc: Exception) -> None:
 def soft(operation: Callable[[redis.Redis], T], default: T) -> T:
     """Run ``operation(client)``; on any Redis failure return ``default`` instead of raising."""
     if is_down():
-        discard_deferred()
+        _fail(_take_deferred())
         return default
     try:
         return operation(client())
@@ -180,34 +180,92 @@ def soft(operation: Callable[[redis.Redis], T], default: T) -> T:
 # goes out in the same write as the next :func:`read` (one round trip for both); anything else
 # that touches Redis or PostgreSQL (:func:`client`, :func:`soft`, ``db.connection``) sends it
 # alone first, and the request boundary flushes what is left. So a refusal raised by a reply's
-# handler still comes before any write or query the request would make.
+# handler still comes before any write or query the request would make. Writes made after a
+# request's commit (cache invalidations, feed pushes, job enqueues) ride the same way
+# (:func:`write_later`): create-post's four post-commit round trips became one.
 
 @dataclass(frozen=True)
 class _Deferred:
     command: tuple[Any, ...]
-    on_reply: Callable[[Any], None]
+    on_reply: Callable[[Any], None] | None
     script: Lua | None
+    on_failure: Callable[[], None] | None
 
 
-def defer(command: tuple[Any, ...], on_reply: Callable[[Any], None], script: Lua | None = None) -> None:
+def defer(command: tuple[Any, ...], on_reply: Callable[[Any], None] | None = None,
+          script: Lua | None = None, on_failure: Callable[[], None] | None = None) -> None:
     """Queue ``command`` to be sent with this thread's next Redis round trip.
 
     ``on_reply(reply)`` runs when the reply arrives and may raise (a refused rate limit), which
     then surfaces from the call that carried it. ``script`` names the :class:`Lua` an ``EVALSHA``
-    command came from, to load it on a NOSCRIPT reply. Nothing is queued (and ``on_reply`` never
-    runs) while Redis is down, like :func:`soft` returning its default.
+    command came from, to load it on a NOSCRIPT reply. ``on_failure()`` runs instead when Redis
+    did not take the command (unreachable, or an error reply); while Redis is down it runs at
+    once and nothing is queued, like :func:`soft` returning its default.
     """
+    item = _Deferred(command, on_reply, script, on_failure)
     if is_down():
+        _fail([item])
         return
     pending: list[_Deferred] | None = getattr(_local, "deferred", None)
     if pending is None:
         _local.deferred = pending = []
-    pending.append(_Deferred(command, on_reply, script))
+    pending.append(item)
+
+
+def write_later(commands: Sequence[tuple[Any, ...]], *, script: Lua | None = None,
+                on_reply: Callable[[Any], None] | None = None,
+                on_failure: Callable[[], None] | None = None) -> None:
+    """Writes whose replies the caller need not wait for.
+
+    Inside a request (:func:`begin_request`) they ride with the thread's next round trip, at the
+    latest the flush at the end of the request, before its response leaves, so the writer's next
+    request sees them. Elsewhere (jobs, scripts, tests) they are sent now, in one round trip.
+    ``on_reply`` gets each command's reply; ``on_failure`` runs once if Redis did not take them.
+    """
+    failed = False
+
+    def fail_once() -> None:
+        nonlocal failed
+        if not failed and on_failure is not None:
+            failed = True
+            on_failure()
+
+    for command in commands:
+        defer(command, on_reply, script, fail_once)
+    if not getattr(_local, "in_request", False):
+        flush_deferred()
+
+
+def begin_request() -> None:
+    """A request starts on this thread: forget leftover deferred commands, defer writes."""
+    _local.deferred = None
+    _local.in_request = True
+
+
+def end_request() -> None:
+    """The request is over (call after :func:`flush_deferred`): writes are sent at once again."""
+    _local.in_request = False
 
 
 def discard_deferred() -> None:
     """Forget this thread's deferred commands (a request boundary: nothing leaks to the next)."""
     _local.deferred = None
+
+
+def _take_deferred() -> list[_Deferred]:
+    pending: list[_Deferred] = getattr(_local, "deferred", None) or []
+    _local.deferred = None
+    return pending
+
+
+def _fail(items: Sequence[_Deferred]) -> None:
+    """Tell the deferred commands Redis did not take (a handler's own failure is logged)."""
+    for item in items:
+        if item.on_failure is not None:
+            try:
+                item.on_failure()
+            except Exception:  # noqa: BLE001 - one handler must not stop the others
+                log.exception("deferred command failure handler failed")
 
 
 def flush_deferred() -> None:
@@ -225,23 +283,25 @@ def read(*command: Any, default: Any = None) -> Any:
 
 
 def _round_trip(command: tuple[Any, ...] | None, *, default: Any) -> Any:
-    pending: list[_Deferred] = getattr(_local, "deferred", None) or []
-    _local.deferred = None
+    pending = _take_deferred()
     if is_down():
+        _fail(pending)
         return default
     commands = [d.command for d in pending] + ([command] if command is not None else [])
-    r = _dedicated()
     try:
-        replies = _send_all(r, commands)
+        replies = _send_all(_dedicated(), commands)
     except (redis.RedisError, OSError) as exc:
         mark_down(exc)
+        _fail(pending)
         return default
     failure: BaseException | None = None
     for item, reply in zip(pending, replies, strict=False):
         try:
             if isinstance(reply, redis.exceptions.NoScriptError) and item.script is not None:
                 reply = _rerun_script(item.script, item.command)
-            if reply is not None and not isinstance(reply, redis.RedisError):
+            if isinstance(reply, redis.RedisError):
+                _fail([item])
+            elif reply is not None and item.on_reply is not None:
                 item.on_reply(reply)
         except BaseException as exc:  # noqa: BLE001 - every reply is settled, then the first raises
             failure = failure or exc
@@ -258,10 +318,15 @@ def _round_trip(command: tuple[Any, ...] | None, *, default: Any) -> Any:
 
 def _rerun_script(script: Lua, command: tuple[Any, ...]) -> Any:
     """Run a raw ``EVALSHA sha numkeys keys... args...`` again through ``script`` (which loads
-    it into a Redis that answered NOSCRIPT); None when Redis fails."""
+    it into a Redis that answered NOSCRIPT); the error itself when Redis fails."""
     numkeys = int(command[2])
     keys, args = list(command[3:3 + numkeys]), list(command[3 + numkeys:])
-    return soft(lambda r: script(r, keys, args), None)
+    try:
+        return script(client(), keys, args)
+    except (redis.RedisError, OSError) as exc:
+        if not isinstance(exc, redis.ResponseError):
+            mark_down(exc)
+        return exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
 
 
 def _send_all(r: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:

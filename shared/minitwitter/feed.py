@@ -223,10 +223,10 @@ def rebuild_home(account_id: int) -> bool:
 
 
 def _push(key_ids: Mapping[str, Sequence[int]]) -> None:
-    def run(r: Any) -> None:
-        _PUSH.each(r, [([key], [FEED_MAX_ITEMS, *ids]) for key, ids in key_ids.items()])
     if key_ids:
-        versioned_cache.cache_write(run, _push, key_ids)
+        versioned_cache.cache_write_later(
+            [_PUSH.command([key], [FEED_MAX_ITEMS, *ids]) for key, ids in key_ids.items()],
+            _push, key_ids, script=_PUSH)
 
 
 def _remove(keys: Sequence[str], ids: Sequence[int]) -> None:
@@ -250,13 +250,15 @@ def _queue_fan_out(op: str, post_id: int, author_id: int) -> None:
     """
     token = f"{op}:{post_id}:{author_id}"
 
-    def run(r: Any) -> None:
-        length = int(r.rpush(FAN_OUT_TODO, token))
+    def queued(length: int) -> None:
         if length == 1 or length % FAN_OUT_TRIGGER == 0:
-            kick_fan_out(r)
+            cache.soft(kick_fan_out, None)  # missed: the reconciler kicks a waiting list
 
-    if not versioned_cache.cache_write(run, _queue_fan_out, op, post_id, author_id):
+    def failed() -> None:
+        versioned_cache.remember_repair(_queue_fan_out, op, post_id, author_id)
         log.warning("fan-out deferred: Redis is unavailable", extra={"fan_out": token})
+
+    cache.write_later([("RPUSH", FAN_OUT_TODO, token)], on_reply=queued, on_failure=failed)
 
 
 def kick_fan_out(r: Any) -> None:

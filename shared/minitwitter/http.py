@@ -168,20 +168,24 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
             started = time.perf_counter()
             cid = call_id(request)
             limit_token = ratelimit.current.set(None)
-            cache.discard_deferred()
+            cache.begin_request()
             with logs.context(function=name, call_id=cid):
                 try:
-                    if request.method not in allowed:
-                        raise errors.MethodNotAllowed(allowed)
-                    if root_only and path_parts(request):
-                        raise errors.NotFound()
-                    ratelimit.check_ip(rate_scope, client_ip(request))
                     try:
+                        if request.method not in allowed:
+                            raise errors.MethodNotAllowed(allowed)
+                        if root_only and path_parts(request):
+                            raise errors.NotFound()
+                        ratelimit.check_ip(rate_scope, client_ip(request))
                         response = handler(request)
                     finally:
-                        # Rate-limit counts no round trip carried: over budget turns whatever
-                        # the handler answered into the 429 (it wrote nothing before this).
-                        cache.flush_deferred()
+                        # What no round trip carried goes now, before the response: the
+                        # handler's post-commit cache writes, and rate-limit counts (over budget
+                        # turns whatever the handler answered into the 429; it wrote nothing).
+                        try:
+                            cache.flush_deferred()
+                        finally:
+                            cache.end_request()
                 except errors.MinitwitterError as exc:
                     response = error_response(exc)
                 except Exception:  # noqa: BLE001 - the boundary: never leak a traceback

@@ -153,6 +153,12 @@ def _enqueue_drain(config: Config | None = None) -> None:
                                      description="sentiment drain")
 
 
+def _starts_drain(length: int) -> bool:
+    """Whether a new item that made the list ``length`` long needs a drain job: when the list was
+    empty, and every DRAIN_TRIGGER items so that several workers share a backlog."""
+    return length == 1 or length % DRAIN_TRIGGER == 0
+
+
 def _push(items: Iterable[Item], config: Config | None = None) -> int:
     """Queue items (deduplicated); returns how many were new. Raises Redis errors."""
     r = cache.client(config)
@@ -162,9 +168,8 @@ def _push(items: Iterable[Item], config: Config | None = None) -> int:
     lengths = [int(n) for n in _ENQUEUE.each(
         r, [([item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS]) for item in todo])]
     queued = [n for n in lengths if n]  # list lengths after each new item (0: a duplicate)
-    # One item: a drain job when the list was empty, and one more every DRAIN_TRIGGER items so
-    # that several workers share a backlog. Several (retries, the reconciler): always one.
-    if (len(todo) > 1 and queued) or any(n == 1 or n % DRAIN_TRIGGER == 0 for n in queued):
+    # Several items (retries, the reconciler): always a drain job.
+    if (len(todo) > 1 and queued) or any(_starts_drain(n) for n in queued):
         _enqueue_drain(config)
     return len(queued)
 
@@ -172,24 +177,29 @@ def _push(items: Iterable[Item], config: Config | None = None) -> int:
 def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None = None) -> bool:
     """Queue the analysis of one item version; call after the write's transaction commits.
 
-    Never raises: returns False when Redis cannot take the job (the reconciler re-enqueues the
-    item later). A repeated enqueue of the same (kind, id, version) while it waits is a no-op.
+    In a request the enqueue rides with the request's last Redis round trip
+    (:func:`cache.write_later`) and True means it is on its way; elsewhere it is sent now.
+    Never raises: False when Redis could not take it (the reconciler re-enqueues the item
+    later). A repeated enqueue of the same (kind, id, version) while it waits is a no-op.
     """
     if kind not in KINDS:
         log.error("unknown sentiment item kind", extra={"kind": kind})
         return False
-    if cache.is_down():
-        return False
-    try:
-        _push([Item(kind, int(item_id), int(version), call_id)])
-    except (redis.RedisError, OSError) as exc:
-        cache.mark_down(exc)
+    item = Item(kind, int(item_id), int(version), call_id)
+    taken = True
+
+    def queued(length: int) -> None:  # the list's length after the new item (0: a duplicate)
+        if length and _starts_drain(int(length)):
+            cache.soft(lambda _r: _enqueue_drain(), None)  # missed: the reconciler starts one
+
+    def failed() -> None:
+        nonlocal taken
+        taken = False
         metrics.JOBS.labels("sentiment-enqueue", "error").inc()
-        return False
-    except Exception:
-        log.exception("sentiment enqueue failed")
-        return False
-    return True
+
+    cache.write_later([_ENQUEUE.command([item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS])],
+                      script=_ENQUEUE, on_reply=queued, on_failure=failed)
+    return taken
 
 
 def requeue(tokens: list[str]) -> int:

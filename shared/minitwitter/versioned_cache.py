@@ -110,11 +110,11 @@ class VersionedCache:
 
 
 def bump_all(entries: Sequence[tuple[VersionedCache, str]]) -> None:
-    """Invalidate entries of several caches in one round trip (:meth:`VersionedCache.bump`)."""
-    def run(r: Any) -> None:
-        _BUMP.each(r, [([key], [entry.ttl, _generation()]) for entry, key in entries])
+    """Invalidate entries of several caches in one round trip (:meth:`VersionedCache.bump`),
+    the request's next one when called in a request (:func:`cache_write_later`)."""
     if entries:
-        cache_write(run, bump_all, list(entries))
+        cache_write_later([_BUMP.command([key], [entry.ttl, _generation()]) for entry, key in entries],
+                          bump_all, list(entries), script=_BUMP)
 
 
 # --- cache writes missed while Redis was down ---------------------------------------------------
@@ -136,8 +136,21 @@ def cache_write(operation: Callable[[Any], Any], retry: Callable[..., Any], *arg
 
     if cache.soft(attempt, False):
         return True
-    _repairs.append((retry, args))
+    remember_repair(retry, *args)
     return False
+
+
+def cache_write_later(commands: Sequence[tuple[Any, ...]], retry: Callable[..., Any], *args: Any,
+                      script: cache.Lua | None = None, on_reply: Callable[[Any], None] | None = None) -> None:
+    """:func:`cache_write` for plain commands, sent by :func:`cache.write_later` (with the
+    request's next round trip); when Redis does not take them ``retry(*args)`` is remembered."""
+    cache.write_later(commands, script=script, on_reply=on_reply,
+                      on_failure=lambda: remember_repair(retry, *args))
+
+
+def remember_repair(retry: Callable[..., Any], *args: Any) -> None:
+    """Remember a cache write Redis did not take: :func:`replay_repairs` runs ``retry(*args)``."""
+    _repairs.append((retry, args))
 
 
 def discard_repairs() -> None:
