@@ -247,6 +247,21 @@ def eventually(check: Any, timeout: float = 15.0, interval: float = 0.1) -> Any:
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
+def record_redis_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record every write on this thread's Redis connection from now on (one entry per write,
+    however many commands it carries): how tests count round trips."""
+    connection = cache.client().connection
+    writes: list[bytes] = []
+    send = connection.send_packed_command
+
+    def recording(command: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        return send(command, *args, **kwargs)
+
+    monkeypatch.setattr(connection, "send_packed_command", recording)
+    return writes
+
+
 @pytest.fixture
 def api() -> Any:
     """An :class:`tests.api.Api` for calling functions in-process."""

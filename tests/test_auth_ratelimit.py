@@ -15,6 +15,7 @@ from gateway import embedded
 from minitwitter import auth, cache, db
 from minitwitter.config import Config, set_config
 from tests.api import PASSWORD, Api
+from tests.conftest import record_redis_writes
 from tests.test_accounts import assert_clean
 
 
@@ -234,15 +235,7 @@ def test_rate_limit_count_rides_with_the_first_read(api: Api, limits: Any,
     post = api.call("create-post", "POST", json={"content": "counted"}, token=alice.token).json
     limits(ip=100)
     assert api.call("get-post", "GET", f"/{post['id']}").status_code == 200  # caches the post
-    connection = cache.client().connection
-    writes: list[bytes] = []
-    send = connection.send_packed_command
-
-    def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
-        writes.append(b"".join(command) if isinstance(command, list) else bytes(command))
-        return send(command, *args, **kwargs)
-
-    monkeypatch.setattr(connection, "send_packed_command", counting)
+    writes = record_redis_writes(monkeypatch)
     response = api.call("get-post", "GET", f"/{post['id']}")
     assert response.status_code == 200 and response.json["content"] == "counted"
     assert response.headers["X-RateLimit-Remaining"] == "98"

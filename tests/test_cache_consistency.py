@@ -9,6 +9,7 @@ import pytest
 
 from minitwitter import cache, comments, db, feed, posts, versioned_cache
 from tests.api import Account, Api
+from tests.conftest import record_redis_writes
 from tests.test_posts import create, ids_of
 from tests.test_timelines import follow, home
 
@@ -221,15 +222,7 @@ def test_batched_invalidation_is_one_write_and_survives_a_script_flush(
     keys = [posts._post_key(int(post["id"])), feed.PUBLIC_KEY, users.account_key(int(alice.id))]
     r = cache.client()
     before = [r.hget(key, "g") for key in keys]
-    connection = r.connection
-    writes: list[Any] = []
-    send = connection.send_packed_command
-
-    def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
-        writes.append(command)
-        return send(command, *args, **kwargs)
-
-    monkeypatch.setattr(connection, "send_packed_command", counting)
+    writes = record_redis_writes(monkeypatch)
     posts.invalidate_post(int(post["id"]), int(alice.id))
     middle = [r.hget(key, "g") for key in keys]
     assert len(writes) == 1 + len(keys)  # the bumps in one write, then the three HGETs above
@@ -251,15 +244,7 @@ def test_create_post_sends_its_post_commit_writes_in_one_round_trip(
     cache.client().delete(feed.FAN_OUT_TODO, jobs.TODO_KEY)
     assert home(api, alice) == [int(first["id"])]  # alice's home feed is now cached
     assert api.call("get-user", "GET", "/alice").json["posts_count"] == 1  # her view too
-    connection = cache.client().connection
-    writes: list[bytes] = []
-    send = connection.send_packed_command
-
-    def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
-        writes.append(b"".join(command) if isinstance(command, list) else bytes(command))
-        return send(command, *args, **kwargs)
-
-    monkeypatch.setattr(connection, "send_packed_command", counting)
+    writes = record_redis_writes(monkeypatch)
     post = create(api, alice, "one trip")
     monkeypatch.undo()
 
