@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import redis
 
 from minitwitter import cache, comments, db, feed, posts, versioned_cache
 from tests.api import Account, Api
@@ -261,3 +262,33 @@ def test_create_post_sends_its_post_commit_writes_in_one_round_trip(
     assert cache.client().lrange(feed.FAN_OUT_TODO, 0, -1) == [f"add:{post['id']}:{alice.id}".encode()]
     queued = [jobs.parse_token(t) for t in cache.client().lrange(jobs.TODO_KEY, 0, -1)]
     assert [(i.kind, i.id, i.version) for i in queued if i] == [("post", int(post["id"]), 1)]
+
+
+def test_deferred_writes_wait_for_the_request_and_their_follow_ups_cannot_fail_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a request, writes wait for its next round trip; a reply handler that raises is logged,
+    and when Redis does not take the writes the failure handler runs once for the group."""
+    r = cache.client()
+    replies: list[Any] = []
+
+    def explode(reply: Any) -> None:
+        replies.append(reply)
+        raise RuntimeError("follow-up failed")
+
+    cache.begin_request()
+    try:
+        cache.write_later([("RPUSH", "t:list", "a"), ("RPUSH", "t:list", "b")], on_reply=explode)
+        assert r.llen("t:list") == 0  # nothing sent yet (a command of its own carries nothing)
+        assert cache.read("LLEN", "t:list") == 2  # ... and it rides with the next round trip
+        assert replies == [1, 2]
+    finally:
+        cache.end_request()
+
+    failures: list[str] = []
+    monkeypatch.setattr(cache, "_send_all", lambda *_a: (_ for _ in ()).throw(redis.ConnectionError("gone")))
+    cache.write_later([("RPUSH", "t:list", "c"), ("RPUSH", "t:list", "d")],
+                      on_failure=lambda: failures.append("once"))
+    assert failures == ["once"]
+    monkeypatch.undo()
+    cache.reset()
+    assert cache.client().llen("t:list") == 2

@@ -221,6 +221,8 @@ def write_later(commands: Sequence[tuple[Any, ...]], *, script: Lua | None = Non
     latest the flush at the end of the request, before its response leaves, so the writer's next
     request sees them. Elsewhere (jobs, scripts, tests) they are sent now, in one round trip.
     ``on_reply`` gets each command's reply; ``on_failure`` runs once if Redis did not take them.
+    Neither may fail the request that made the writes (it has committed): what they raise is
+    logged.
     """
     failed = False
 
@@ -230,14 +232,22 @@ def write_later(commands: Sequence[tuple[Any, ...]], *, script: Lua | None = Non
             failed = True
             on_failure()
 
+    def settled(reply: Any) -> None:
+        try:
+            if on_reply is not None:
+                on_reply(reply)
+        except Exception:  # noqa: BLE001 - a follow-up's failure must not undo an answered write
+            log.exception("handling the reply of a deferred write failed")
+
     for command in commands:
-        defer(command, on_reply, script, fail_once)
+        defer(command, settled, script, fail_once)
     if not getattr(_local, "in_request", False):
         flush_deferred()
 
 
 def begin_request() -> None:
-    """A request starts on this thread: forget leftover deferred commands, defer writes."""
+    """A request starts on this thread: forget leftover deferred commands (nothing leaks from
+    one request to the next) and defer writes until :func:`end_request`."""
     _local.deferred = None
     _local.in_request = True
 
@@ -245,11 +255,6 @@ def begin_request() -> None:
 def end_request() -> None:
     """The request is over (call after :func:`flush_deferred`): writes are sent at once again."""
     _local.in_request = False
-
-
-def discard_deferred() -> None:
-    """Forget this thread's deferred commands (a request boundary: nothing leaks to the next)."""
-    _local.deferred = None
 
 
 def _take_deferred() -> list[_Deferred]:
