@@ -131,3 +131,20 @@ def test_a_forked_child_does_not_write_its_parents_pending_lines_again(tmp_path:
         sink.close()
 
     assert [json.loads(line)["message"] for line in path.read_text().splitlines()] == ["before the fork"]
+
+
+class BrokenStream(io.StringIO):
+    def write(self, _text: str) -> int:
+        raise OSError("the reader went away")
+
+
+def test_a_broken_stream_loses_nothing_bound_for_postgresql():
+    sink = logs.LogSink(BrokenStream(), capacity=100)
+    try:
+        log = logger_for(sink)
+        log.info("still stored")
+        log.error("also stored")  # urgent: written at once, which fails quietly
+        sink.flush()
+        assert [r["message"] for r in stored_rows()] == ["still stored", "also stored"]
+    finally:
+        sink.close()

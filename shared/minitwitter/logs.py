@@ -187,10 +187,13 @@ class LogSink:
     def _run(self) -> None:
         last_store = time.monotonic()
         while not self._stop.wait(WRITE_INTERVAL):
-            self.write()
-            if self.store and time.monotonic() - last_store >= SHIP_INTERVAL:
-                self.ship()
-                last_store = time.monotonic()
+            try:
+                self.write()
+                if self.store and time.monotonic() - last_store >= SHIP_INTERVAL:
+                    self.ship()
+                    last_store = time.monotonic()
+            except Exception:  # noqa: BLE001, S112 - the sink must outlive one bad tick; nowhere to report it
+                continue
 
     def _forget_parent(self) -> None:
         # A forked child starts with a copy of the parent's buffers: the parent writes them.
@@ -207,8 +210,11 @@ class LogSink:
                     lines.append(self.unwritten.popleft())
             if lines:
                 lines.append("")
-                self.stream.write("\n".join(lines))
-                self.stream.flush()
+                # A closed or broken stream (a vanished terminal, a full pipe's reader gone)
+                # loses these lines on the stream only; PostgreSQL still gets them.
+                with suppress(OSError, ValueError):
+                    self.stream.write("\n".join(lines))
+                    self.stream.flush()
 
     def _drop(self, count: int) -> None:
         from . import metrics
