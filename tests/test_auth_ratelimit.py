@@ -198,6 +198,40 @@ def test_account_bucket_follows_the_account_across_ips(api: Api, limits: Any) ->
     assert api.call("get-user", "GET", "/alice", remote_addr="10.0.0.3").status_code == 200
 
 
+def test_revoked_tokens_do_not_spend_the_accounts_budget(api: Api, limits: Any) -> None:
+    """The account count goes out with the token-version read, before the token is known to be
+    valid; Redis makes it only while the cached version is the token's, so a revoked token's
+    requests (401) leave the account's budget to its owner."""
+    alice = api.account("alice")
+    limits(ip=100, account=3)
+    old_token = alice.token
+    assert me(api, old_token).status_code == 200  # counted: 1 of 3
+    api.call("update-user", "PATCH", "/me", token=old_token,  # counted: 2 of 3; revokes it
+             json={"password": "a new password", "current_password": PASSWORD})
+    for _ in range(5):
+        assert me(api, old_token).status_code == 401
+    new_token = api.call("login", "POST", json={"username": "alice", "password": "a new password"}).json
+    response = me(api, new_token["access_token"])
+    assert response.status_code == 200 and response.headers["X-RateLimit-Remaining"] == "0"
+    assert me(api, new_token["access_token"]).status_code == 429
+
+
+def test_an_authenticated_request_counts_its_account_in_its_first_round_trip(
+        api: Api, limits: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create-post with a cached token version: the IP and account counts and the version read in
+    one write, the post-commit cache writes in a second; none alone."""
+    alice = api.account("alice")
+    limits(ip=100, account=100)
+    assert api.call("create-post", "POST", json={"content": "warm"}, token=alice.token).status_code == 201
+    writes = record_redis_writes(monkeypatch)
+    response = api.call("create-post", "POST", json={"content": "counted"}, token=alice.token)
+    assert response.status_code == 201 and response.headers["X-RateLimit-Remaining"] == "98"
+    first = writes[0]
+    assert first.count(b"EVALSHA") == 2 and auth.token_version_key(int(alice.id)).encode() in first
+    assert len([w for w in writes if b"rl:" in w]) == 1  # no count travelled alone
+    assert len(writes) == 2, writes
+
+
 def test_login_has_a_stricter_separate_budget(api: Api, limits: Any) -> None:
     api.account("alice")
     limits(ip=100, login=2)

@@ -101,8 +101,11 @@ def token_version_key(account_id: int) -> str:
 def current_token_version(account_id: int) -> int | None:
     """The account's token version (None when the account no longer exists)."""
     cached = cache.read("GET", token_version_key(account_id))
-    if cached is not None:
-        return int(cached)
+    return int(cached) if cached is not None else _load_token_version(account_id)
+
+
+def _load_token_version(account_id: int) -> int | None:
+    """The token version from PostgreSQL, cached for the next reads."""
     version = db.scalar("SELECT token_version FROM users WHERE id = :id", id=account_id)
     if version is not None:
         # NX: a reader that fetched the version just before a password change committed must not
@@ -146,11 +149,18 @@ def optional_account(request: flask.Request) -> int | None:
         account_id = int(claims["sub"])
     except (TypeError, ValueError):
         raise errors.Unauthorized("invalid token") from None
-    version = current_token_version(account_id)
-    if version is None or version != claims.get("tv"):
+    # The account's count rides in the token-version read's round trip, made by Redis only if
+    # the cached version is the token's; when it was not cached, it is counted once PostgreSQL
+    # has confirmed the version.
+    token_version = claims.get("tv")
+    ratelimit.check_account(account_id, only_if=(token_version_key(account_id), str(token_version)))
+    cached = cache.read("GET", token_version_key(account_id))
+    version = int(cached) if cached is not None else _load_token_version(account_id)
+    if version is None or version != token_version:
         raise errors.Unauthorized("token revoked")
     logs.account_var.set(account_id)
-    ratelimit.check_account(account_id)
+    if cached is None:
+        ratelimit.check_account(account_id)
     return account_id
 
 

@@ -53,22 +53,37 @@ return used
 """)
 
 
-def count(scope: str, bucket: str, limit: int, window: int) -> None:
+#: :data:`_HIT` only while KEYS[2] holds ARGV[2] (a token's version); -1, counting nothing, otherwise.
+_HIT_IF = cache.Lua("""
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
+local used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return used
+""")
+
+
+def count(scope: str, bucket: str, limit: int, window: int,
+          only_if: tuple[str, str] | None = None) -> None:
     """Count one request in ``bucket``; the decision is applied when Redis replies.
 
     The count is deferred (:func:`cache.defer`): it travels with the request's next Redis round
     trip, or alone before the request first queries PostgreSQL or writes anything, or at the end
     of the request, whichever comes first, and a refusal raises :class:`errors.RateLimited` from
     there. Nothing is counted (the request is let through) while Redis is unavailable.
+    ``only_if=(key, value)`` counts only while ``key`` holds ``value`` (see :func:`check_account`).
     """
     now = int(time.time())
     start = now - now % window
     key = f"rl:{bucket}:{start}"
 
     def decide(used: Any) -> None:
-        _apply(scope, Decision(limit=limit, remaining=limit - int(used), reset_at=start + window))
+        if int(used) >= 0:
+            _apply(scope, Decision(limit=limit, remaining=limit - int(used), reset_at=start + window))
 
-    cache.defer(_HIT.command([key], [window + 1]), decide, script=_HIT)
+    if only_if is None:
+        cache.defer(_HIT.command([key], [window + 1]), decide, script=_HIT)
+    else:
+        cache.defer(_HIT_IF.command([key, only_if[0]], [window + 1, only_if[1]]), decide, script=_HIT_IF)
 
 
 def _apply(scope: str, decision: Decision) -> None:
@@ -90,9 +105,14 @@ def check_ip(scope: str, ip: str) -> None:
     count(scope, f"{scope}:ip:{ip}", ip_limit(scope, cfg), cfg.rate_limit_window)
 
 
-def check_account(account_id: int) -> None:
-    """Count a request by an authenticated account (settled as in :func:`count`)."""
+def check_account(account_id: int, only_if: tuple[str, str] | None = None) -> None:
+    """Count a request by an authenticated account (settled as in :func:`count`).
+
+    ``only_if`` lets the count go out before the caller knows its token is still valid, in the
+    same round trip as the token-version read, without counting a revoked token's requests
+    against the account: Redis counts only while the cached version is the token's.
+    """
     cfg = get_config()
     if not cfg.rate_limit_enabled:
         return
-    count("account", f"api:acct:{account_id}", cfg.rate_limit_account, cfg.rate_limit_window)
+    count("account", f"api:acct:{account_id}", cfg.rate_limit_account, cfg.rate_limit_window, only_if)
