@@ -45,21 +45,17 @@ def ip_limit(scope: str, cfg: Config) -> int:
     return {"login": cfg.rate_limit_login, "register": cfg.rate_limit_register}.get(scope, cfg.rate_limit_ip)
 
 
-#: INCR the window's counter and give a new one its expiry: one round trip, one command.
-_HIT = cache.Lua("""
+_COUNT = """
 local used = redis.call('INCR', KEYS[1])
 if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return used
-""")
+"""
+#: INCR the window's counter and give a new one its expiry: one round trip, one command.
+_HIT = cache.Lua(_COUNT)
 
 
 #: :data:`_HIT` only while KEYS[2] holds ARGV[2] (a token's version); -1, counting nothing, otherwise.
-_HIT_IF = cache.Lua("""
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
-local used = redis.call('INCR', KEYS[1])
-if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return used
-""")
+_HIT_IF = cache.Lua("if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end" + _COUNT)
 
 
 def count(scope: str, bucket: str, limit: int, window: int,
