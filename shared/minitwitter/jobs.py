@@ -159,6 +159,11 @@ def _starts_drain(length: int) -> bool:
     return length == 1 or length % DRAIN_TRIGGER == 0
 
 
+def _enqueue_call(item: Item) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of :data:`_ENQUEUE` for one item."""
+    return [item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS]
+
+
 def _push(items: Iterable[Item], config: Config | None = None) -> int:
     """Queue items (deduplicated); returns how many were new. Raises Redis errors."""
     r = cache.client(config)
@@ -166,7 +171,7 @@ def _push(items: Iterable[Item], config: Config | None = None) -> int:
     if not todo:
         return 0
     lengths = [int(n) for n in _ENQUEUE.each(
-        r, [([item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS]) for item in todo])]
+        r, [_enqueue_call(item) for item in todo])]
     queued = [n for n in lengths if n]  # list lengths after each new item (0: a duplicate)
     # Several items (retries, the reconciler): always a drain job.
     if (len(todo) > 1 and queued) or any(_starts_drain(n) for n in queued):
@@ -197,7 +202,7 @@ def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None
         taken = False
         metrics.JOBS.labels("sentiment-enqueue", "error").inc()
 
-    cache.write_later([_ENQUEUE.command([item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS])],
+    cache.write_later([_ENQUEUE.command(*_enqueue_call(item))],
                       script=_ENQUEUE, on_reply=queued, on_failure=failed)
     return taken
 

@@ -204,10 +204,7 @@ class LogSink:
     def write(self) -> None:
         """Write every pending line to the stream, in order, with one call."""
         with self._write_lock:
-            lines = []
-            with suppress(IndexError):
-                while True:
-                    lines.append(self.unwritten.popleft())
+            lines = _take(self.unwritten)
             if lines:
                 lines.append("")
                 # A closed or broken stream (a vanished terminal, a full pipe's reader gone)
@@ -226,11 +223,7 @@ class LogSink:
         """Store everything waiting in PostgreSQL now (stops early while it is unreachable)."""
         with self._store_lock:
             while self.unstored:
-                batch: list[str] = []
-                with suppress(IndexError):
-                    while len(batch) < SHIP_BATCH:
-                        batch.append(self.unstored.popleft())
-                if not self._store(batch):
+                if not self._store(_take(self.unstored, SHIP_BATCH)):
                     return
 
     def _store(self, batch: list[str]) -> bool:
@@ -265,6 +258,15 @@ class LogSink:
     def close(self) -> None:
         self._stop.set()
         self.flush()
+
+
+def _take(lines: deque[str], limit: int | None = None) -> list[str]:
+    """Pop up to ``limit`` (default: all) lines from the left, safe against concurrent appends."""
+    taken: list[str] = []
+    with suppress(IndexError):
+        while limit is None or len(taken) < limit:
+            taken.append(lines.popleft())
+    return taken
 
 
 def store_lines(lines: list[str], *, checked: bool = False) -> None:
