@@ -257,13 +257,18 @@ def test_deploy_update_remove_cycle_like_faas_cli(gw, restore_stack):
                      envVars={"MAX_BODY_BYTES": "1234"})
     assert httpx.put(f"{gw.url}/system/functions", json=new, auth=auth).status_code == 404
     assert httpx.post(f"{gw.url}/system/functions", json=new, auth=auth).status_code == 202
-    r = eventually(lambda: (x := httpx.get(f"{gw.url}/function/echo-two")).status_code == 200 and x)
-    assert r.json()["max_body_bytes"] == 1234  # envVars applied to the function
+
+    def served_everywhere(max_body_bytes: int) -> bool:
+        # Another process sees a deploy within the state TTL: until then it may answer 404.
+        replies = [httpx.get(f"{gw.url}/function/echo-two") for _ in range(4)]
+        return all(r.status_code == 200 and r.json()["max_body_bytes"] == max_body_bytes
+                   for r in replies)
+
+    eventually(lambda: served_everywhere(1234))  # envVars applied to the function
     # update envVars with PUT; every process reloads within the state TTL
     new["envVars"] = {"MAX_BODY_BYTES": "999"}
     assert httpx.put(f"{gw.url}/system/functions", json=new, auth=auth).status_code == 202
-    eventually(lambda: all(httpx.get(f"{gw.url}/function/echo-two").json()["max_body_bytes"] == 999
-                           for _ in range(4)))
+    eventually(lambda: served_everywhere(999))
     status = httpx.get(f"{gw.url}/system/function/echo-two", auth=auth).json()
     assert status["envVars"] == {"MAX_BODY_BYTES": "999"}
     # faas-cli remove
