@@ -249,7 +249,7 @@ def test_create_post_sends_its_post_commit_writes_in_one_round_trip(
     post = create(api, alice, "one trip")
     monkeypatch.undo()
 
-    scripts = [versioned_cache._BUMP.sha, feed._PUSH.sha, jobs._ENQUEUE.sha]
+    scripts = [versioned_cache._BUMP.sha, feed._PUSH.sha, jobs.TODO_LIST.script.sha]
     marks = [s.encode() for s in scripts] + [feed.FAN_OUT_TODO.encode()]
     carrying = [w for w in writes if any(m in w for m in marks)]
     assert len(carrying) == 1

@@ -12,6 +12,7 @@ from rq import Queue, SimpleWorker
 
 from minitwitter import cache, db, jobs, metrics
 from minitwitter.config import Config, set_config
+from minitwitter.worklist import WorkList
 from tests.fake_ollama import FakeOllama
 
 MODEL = "qwen2.5:1.5b"
@@ -85,6 +86,81 @@ def test_enqueue_never_raises_when_redis_is_down(config: Config) -> None:
     assert cache.is_down()  # the next calls skip Redis instead of waiting for a timeout each
     assert jobs.enqueue_sentiment("post", 2, 1) is False
     assert jobs.enqueue_sentiment("poll", 3, 1) is False
+
+
+def sentiment_jobs() -> int:
+    return Queue(jobs.SENTIMENT_QUEUE, connection=cache.client()).count
+
+
+def test_one_drain_job_per_busy_spell() -> None:
+    """Items queued while a drain job waits or runs queue no job of their own; once the job has
+    found the list empty and ended, the next item queues a new one."""
+    user = make_user()
+    for n in range(5):
+        jobs.enqueue_sentiment("post", make_post(user, f"post {n} is fine"), 1)
+    assert sentiment_jobs() == 1 and cache.client().exists(jobs.TODO_LIST.mark_key)
+    run_worker()
+    assert statuses() == {"done": 5}
+    assert sentiment_jobs() == 0 and not cache.client().exists(jobs.TODO_LIST.mark_key)
+    jobs.enqueue_sentiment("post", make_post(user, "and one more"), 1)
+    assert sentiment_jobs() == 1
+    run_worker()
+    assert statuses() == {"done": 6}
+
+
+def test_an_item_queued_as_the_drain_job_ends_is_drained_by_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the draining mark must survive: an item pushed after the job's last empty pop,
+    while the mark still stands (so it queues no job), is found by the job's way out."""
+    user = make_user()
+    first, late = make_post(user, "a lovely day"), make_post(user, "an awful, terrible day")
+    jobs.enqueue_sentiment("post", first, 1)
+    calls: list[int] = []
+
+    class LateProducer(WorkList):
+        def finished(self, r: Any) -> bool:
+            if not calls:
+                assert jobs.enqueue_sentiment("post", late, 1)
+                assert sentiment_jobs() == 0  # the running job holds the mark: no job queued
+            calls.append(1)
+            return super().finished(r)
+
+    monkeypatch.setattr(jobs, "TODO_LIST", LateProducer(jobs.TODO_KEY, jobs.DRAIN_TRIGGER))
+    run_worker()
+    assert len(calls) == 2  # the first way out found the late item; the second ended the job
+    assert sentiment_row("post", late)["label"] == "negative"
+    assert not cache.client().exists(jobs.TODO_LIST.mark_key)
+
+
+def test_a_failed_drain_job_clears_its_mark(monkeypatch: pytest.MonkeyPatch, config: Config) -> None:
+    user = make_user()
+    post = make_post(user, "nice")
+    jobs.enqueue_sentiment("post", post, 1)
+
+    def broken(*_args: Any) -> int:
+        raise RuntimeError("worker bug")
+
+    monkeypatch.setattr(jobs, "process_batch", broken)
+    run_worker()
+    assert not cache.client().exists(jobs.TODO_LIST.mark_key)  # the next item starts a new job
+    monkeypatch.undo()
+    jobs.requeue([f"post:{post}:1:"])
+    assert sentiment_jobs() == 1
+    run_worker()
+    assert sentiment_row("post", post)["status"] == "done"
+
+
+def test_reconciler_starts_a_drain_behind_a_dead_jobs_mark(config: Config) -> None:
+    """A killed worker leaves its mark (until it expires): items then queue no job, and the
+    reconciler's look at the list starts one."""
+    cache.client().set(jobs.TODO_LIST.mark_key, "1", ex=jobs.TODO_LIST.mark_ttl)
+    post = make_post(make_user(), "good morning")
+    jobs.enqueue_sentiment("post", post, 1)
+    assert sentiment_jobs() == 0
+    jobs.reconcile(config)
+    assert sentiment_jobs() == 1
+    run_worker()
+    assert sentiment_row("post", post)["status"] == "done"
+    assert not cache.client().exists(jobs.TODO_LIST.mark_key)
 
 
 # --- the worker ------------------------------------------------------------------------------

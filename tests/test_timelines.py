@@ -63,8 +63,9 @@ def test_fan_out_job_fills_followers_feeds_and_own_post_is_immediate(api: Api) -
 
 
 def test_one_drain_job_applies_many_fan_outs_in_queue_order(api: Api) -> None:
-    """Fan-outs queue as list items; the first one enqueues a single RQ drain job that applies
-    them all, in order (a post created then deleted before the drain never shows)."""
+    """Fan-outs queue as list items; the first one enqueues a single RQ drain job (the others
+    find its draining mark) that applies them all, in order (a post created then deleted before
+    the drain never shows)."""
     alice, bob, carol = api.account("alice"), api.account("bob"), api.account("carol")
     follow(api, carol, alice)
     follow(api, carol, bob)
@@ -77,6 +78,12 @@ def test_one_drain_job_applies_many_fan_outs_in_queue_order(api: Api) -> None:
     run_fan_out()
     assert cache.client().llen(feed.FAN_OUT_TODO) == 0
     assert members(carol) == sorted(made, reverse=True)
+    # The job ended with the list empty and cleared its mark: the next post queues a new one.
+    assert not cache.client().exists(feed.FAN_OUT_LIST.mark_key)
+    later = int(create(api, bob, "after the drain")["id"])
+    assert Queue(feed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
+    run_fan_out()
+    assert members(carol)[0] == later
 
 
 def test_reconciler_restarts_a_lost_fan_out_drain(api: Api) -> None:

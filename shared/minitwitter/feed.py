@@ -18,6 +18,7 @@ When Redis is down, or a page reaches past the trimmed feed, the page comes from
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import orjson
 
 from . import cache, db, errors, metrics, posts, versioned_cache
 from .pagination import Page, link_header, window
+from .worklist import WorkList
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ FAN_OUT_QUEUE = "default"
 FAN_OUT_TODO = "feed:fanout:todo"
 FAN_OUT_BATCH = 200
 FAN_OUT_TRIGGER = 500
+#: A drain job that found the list empty looks once more after this long before it ends, so a
+#: steady stream of posts keeps one job busy instead of queueing one every few posts.
+FAN_OUT_WAIT = 0.05
+FAN_OUT_LIST = WorkList(FAN_OUT_TODO, FAN_OUT_TRIGGER)
 _SENTINEL = "0"
 
 
@@ -242,23 +248,24 @@ def _remove(keys: Sequence[str], ids: Sequence[int]) -> None:
 
 
 def _queue_fan_out(op: str, post_id: int, author_id: int) -> None:
-    """Queue a fan-out (``add`` or ``delete``) for the workers: one RPUSH, plus an RQ drain job
-    when the list was empty (or every FAN_OUT_TRIGGER items, in case a drain job was lost).
+    """Queue a fan-out (``add`` or ``delete``) for the workers: one push to the work list, plus
+    an RQ drain job when none was queued or running (see :mod:`worklist`).
 
     An RQ job per post cost ~20 % of create-post's CPU (job hash, registries, MULTI); a list
     item costs one command, and the drain applies many fan-outs per followers query.
     """
     token = f"{op}:{post_id}:{author_id}"
 
-    def queued(length: int) -> None:
-        if length == 1 or length % FAN_OUT_TRIGGER == 0:
+    def queued(reply: list[Any]) -> None:
+        if FAN_OUT_LIST.needs_job(reply):
             cache.soft(kick_fan_out, None)  # missed: the reconciler kicks a waiting list
 
     def failed() -> None:
         versioned_cache.remember_repair(_queue_fan_out, op, post_id, author_id)
         log.warning("fan-out deferred: Redis is unavailable", extra={"fan_out": token})
 
-    cache.write_later([("RPUSH", FAN_OUT_TODO, token)], on_reply=queued, on_failure=failed)
+    cache.write_later([FAN_OUT_LIST.push_command(token)], script=FAN_OUT_LIST.script,
+                      on_reply=queued, on_failure=failed)
 
 
 def kick_fan_out(r: Any) -> None:
@@ -273,23 +280,31 @@ def drain_fan_out() -> int:
     """RQ job: apply queued fan-outs, FAN_OUT_BATCH at a time, until the list is empty."""
     r = cache.client()
     done = 0
-    while True:
-        tokens: list[bytes] = list(r.lpop(FAN_OUT_TODO, FAN_OUT_BATCH) or [])  # type: ignore[arg-type]
-        if not tokens:
-            return done
-        adds: dict[int, list[int]] = {}
-        for raw in tokens:
-            op, post_id, author_id = _parse_fan_out(raw)
-            if op == "add":
-                adds.setdefault(author_id, []).append(post_id)
-            elif op == "delete":
-                if adds:  # keep the queue's order: earlier adds land before this removal
-                    _fan_out_adds(adds)
-                    adds = {}
-                fan_out_delete(post_id, author_id)
-        if adds:
-            _fan_out_adds(adds)
-        done += len(tokens)
+    with FAN_OUT_LIST.draining():
+        while True:
+            done += _drain_fan_out_batch(r)
+            if not r.llen(FAN_OUT_TODO):
+                time.sleep(FAN_OUT_WAIT)
+                if FAN_OUT_LIST.finished(r):
+                    return done
+
+
+def _drain_fan_out_batch(r: Any) -> int:
+    """Apply up to FAN_OUT_BATCH queued fan-outs, in order; how many were taken."""
+    tokens: list[bytes] = list(r.lpop(FAN_OUT_TODO, FAN_OUT_BATCH) or [])  # type: ignore[arg-type]
+    adds: dict[int, list[int]] = {}
+    for raw in tokens:
+        op, post_id, author_id = _parse_fan_out(raw)
+        if op == "add":
+            adds.setdefault(author_id, []).append(post_id)
+        elif op == "delete":
+            if adds:  # keep the queue's order: earlier adds land before this removal
+                _fan_out_adds(adds)
+                adds = {}
+            fan_out_delete(post_id, author_id)
+    if adds:
+        _fan_out_adds(adds)
+    return len(tokens)
 
 
 def _parse_fan_out(raw: bytes | str) -> tuple[str, int, int]:

@@ -3,15 +3,18 @@
 Flow::
 
     create/update-post, add-comment ──commit──▶ enqueue_sentiment(kind, id, version)
-        SET sentiment:queued:<kind>:<id>:<version> NX  ─┐ one Lua call: a repeated enqueue of
-        RPUSH sentiment:todo "<kind>:<id>:<version>:<call id>" ┘ the same item version is a no-op
-        (+ an RQ ``drain`` job on the ``sentiment`` queue when the list was empty, and one more
-        every DRAIN_TRIGGER items so several workers share a backlog)
+        SET sentiment:queued:<kind>:<id>:<version> NX  ─┐ one Lua call (worklist.WorkList): a
+        RPUSH sentiment:todo "<kind>:<id>:<version>:<call id>" │ repeated enqueue of the same
+        SET sentiment:todo:draining NX                  ─┘ item version is a no-op
+        (+ an RQ ``drain`` job on the ``sentiment`` queue when that call set the draining mark,
+        i.e. no drain job was queued or running, and one more every DRAIN_TRIGGER items so several
+        workers share a backlog)
     worker: drain() pops up to a batch of tokens, waits SENTIMENT_BATCH_WAIT for more, takes a
         PostgreSQL advisory lock per item (two workers never process one item at once; the lock
         dies with a killed worker's connection), skips outdated versions and finished items,
         classifies, writes verdicts (never touching ``updated_at``, only while the version still
-        matches), invalidates caches and queues callbacks.
+        matches), invalidates caches and queues callbacks. It ends only once the list is empty
+        and its draining mark cleared, in one Lua call (``WorkList.finished``).
 
 Nothing is lost: PostgreSQL is the truth and Redis only a queue. The reconciler, run in every
 worker (one at a time, through a Redis lock) at start and every ``RECONCILE_INTERVAL`` seconds,
@@ -41,6 +44,7 @@ from rq import Queue
 from . import cache, db, errors, logs, metrics, sentiment
 from .config import Config, get_config
 from .sentiment import Backend, BackendError, Verdict
+from .worklist import WorkList
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +57,14 @@ RECONCILE_LOCK = "sentiment:reconcile:lock"
 QUEUED_TTL_SECONDS = 24 * 3600
 #: Queue one more drain job every this many queued items so that workers share a backlog.
 DRAIN_TRIGGER = 64
+#: The queue of item tokens, drained by RQ ``drain`` jobs.
+TODO_LIST = WorkList(TODO_KEY, DRAIN_TRIGGER)
 #: A drain job hands over to a fresh job after this long, so other queues are not starved.
 DRAIN_BUDGET_SECONDS = 5.0
 RECONCILE_LIMIT = 10000
 #: Advisory-lock namespace of sentiment items (high byte), so keys do not collide with others.
 LOCK_NAMESPACE = 0x5E << 56
 
-_ENQUEUE = cache.Lua("""
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  return redis.call('RPUSH', KEYS[2], ARGV[1])
-end
-return 0
-""")
 
 # Fixed SQL per kind (table names cannot be bound parameters; nothing here comes from input).
 _SQL: dict[str, dict[str, str]] = {}
@@ -153,15 +153,9 @@ def _enqueue_drain(config: Config | None = None) -> None:
                                      description="sentiment drain")
 
 
-def _starts_drain(length: int) -> bool:
-    """Whether a new item that made the list ``length`` long needs a drain job: when the list was
-    empty, and every DRAIN_TRIGGER items so that several workers share a backlog."""
-    return length == 1 or length % DRAIN_TRIGGER == 0
-
-
 def _enqueue_call(item: Item) -> tuple[list[str], list[Any]]:
-    """The keys and arguments of :data:`_ENQUEUE` for one item."""
-    return [item.queued_key, TODO_KEY], [item.token, QUEUED_TTL_SECONDS]
+    """The keys and arguments of the push of one item (refused while its version is queued)."""
+    return TODO_LIST.push_call(item.token, item.queued_key, QUEUED_TTL_SECONDS)
 
 
 def _push(items: Iterable[Item], config: Config | None = None) -> int:
@@ -170,11 +164,10 @@ def _push(items: Iterable[Item], config: Config | None = None) -> int:
     todo = list(items)
     if not todo:
         return 0
-    lengths = [int(n) for n in _ENQUEUE.each(
-        r, [_enqueue_call(item) for item in todo])]
-    queued = [n for n in lengths if n]  # list lengths after each new item (0: a duplicate)
+    replies = TODO_LIST.push_all(r, [_enqueue_call(item) for item in todo])
+    queued = [reply for reply in replies if int(reply[0])]  # 0: a duplicate
     # Several items (retries, the reconciler): always a drain job.
-    if (len(todo) > 1 and queued) or any(_starts_drain(n) for n in queued):
+    if (len(todo) > 1 and queued) or any(TODO_LIST.needs_job(reply) for reply in queued):
         _enqueue_drain(config)
     return len(queued)
 
@@ -193,8 +186,8 @@ def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None
     item = Item(kind, int(item_id), int(version), call_id)
     taken = True
 
-    def queued(length: int) -> None:  # the list's length after the new item (0: a duplicate)
-        if length and _starts_drain(int(length)):
+    def queued(reply: list[Any]) -> None:
+        if TODO_LIST.needs_job(reply):
             cache.soft(lambda _r: _enqueue_drain(), None)  # missed: the reconciler starts one
 
     def failed() -> None:
@@ -202,8 +195,8 @@ def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None
         taken = False
         metrics.JOBS.labels("sentiment-enqueue", "error").inc()
 
-    cache.write_later([_ENQUEUE.command(*_enqueue_call(item))],
-                      script=_ENQUEUE, on_reply=queued, on_failure=failed)
+    cache.write_later([TODO_LIST.push_command(item.token, item.queued_key, QUEUED_TTL_SECONDS)],
+                      script=TODO_LIST.script, on_reply=queued, on_failure=failed)
     return taken
 
 
@@ -216,29 +209,36 @@ def requeue(tokens: list[str]) -> int:
 # --- the worker side ---------------------------------------------------------------------------
 
 def drain() -> int:
-    """RQ job: classify queued items batch by batch until the queue is empty (or the budget ends)."""
+    """RQ job: classify queued items batch by batch until the queue is empty (or the budget ends).
+
+    It returns only once the list is empty and its draining mark cleared, or after handing a
+    remaining backlog to a fresh job (the mark stays for it).
+    """
     cfg = get_config()
     r = cache.client()
     deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
     processed = 0
-    while True:
-        backend = sentiment.current_backend(cfg)
-        size = backend.batch_size * (cfg.ollama_parallel if backend.name == "ollama" else 1)
-        tokens: list[Any] = list(r.lpop(TODO_KEY, size) or [])  # type: ignore[arg-type]
-        if tokens and len(tokens) < size and cfg.sentiment_batch_wait > 0:
-            time.sleep(cfg.sentiment_batch_wait)
-            tokens += list(r.lpop(TODO_KEY, size - len(tokens)) or [])  # type: ignore[arg-type]
-        if not tokens:
-            return processed
-        items = [i for i in (parse_token(t) for t in tokens) if i is not None]
-        if items:
-            # Popped items may be queued again at once (an edit, the reconciler).
-            r.delete(*{i.queued_key for i in items})
-            processed += process_batch(items, backend, cfg)
-        if time.monotonic() > deadline:
-            if r.llen(TODO_KEY):
-                _enqueue_drain(cfg)
-            return processed
+    with TODO_LIST.draining():
+        while True:
+            backend = sentiment.current_backend(cfg)
+            size = backend.batch_size * (cfg.ollama_parallel if backend.name == "ollama" else 1)
+            tokens: list[Any] = list(r.lpop(TODO_KEY, size) or [])  # type: ignore[arg-type]
+            if tokens and len(tokens) < size and cfg.sentiment_batch_wait > 0:
+                time.sleep(cfg.sentiment_batch_wait)
+                tokens += list(r.lpop(TODO_KEY, size - len(tokens)) or [])  # type: ignore[arg-type]
+            if not tokens:
+                if TODO_LIST.finished(r):
+                    return processed
+                continue  # items arrived after the pop: they are this job's
+            items = [i for i in (parse_token(t) for t in tokens) if i is not None]
+            if items:
+                # Popped items may be queued again at once (an edit, the reconciler).
+                r.delete(*{i.queued_key for i in items})
+                processed += process_batch(items, backend, cfg)
+            if time.monotonic() > deadline:
+                if not TODO_LIST.finished(r):
+                    _enqueue_drain(cfg)
+                return processed
 
 
 def process_batch(items: list[Item], backend: Backend, cfg: Config) -> int:
