@@ -372,6 +372,29 @@ def check_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return verdicts
 
 
+def python_speed_ms() -> float:
+    """Milliseconds this machine's Python takes for a fixed workload (best of 5): calls, dicts,
+    strings and lists, the stuff of request handling, 100,000 times.
+
+    VMs of the same name differ from session to session (the same code served list-posts at
+    1,580/s on one and 4,653/s on another); this figure, saved with every run, tells how two
+    runs' machines compare. It is a rough guide: a loop this small stays in the CPU's caches,
+    a server does not.
+    """
+    def step(i: int) -> str:
+        record = {"id": i, "name": f"user{i}", "tags": [i, i + 1]}
+        record["size"] = len(record["name"]) + sum(record["tags"])
+        return "{name}:{size}".format(**record)
+
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        out = [step(i) for i in range(100_000)]
+        best = min(best, time.process_time() - started)
+        del out
+    return round(best * 1000, 1)
+
+
 def machine() -> dict[str, Any]:
     """The facts the README records next to the numbers."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -381,6 +404,7 @@ def machine() -> dict[str, Any]:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kib / 1024 / 1024, 1),
             "python": platform.python_version(), "kernel": platform.release(),
+            "python_loop_ms": python_speed_ms(),
             "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "?"}
 
 
@@ -389,7 +413,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Runs: {report['repeats']} × {report['duration_s']:g} s per scenario, wrk "
              f"{report['threads']} threads, medians. Machine: {report['machine']['nproc']} cores "
              f"({report['machine']['cpu']}), {report['machine']['ram_gib']} GiB RAM.", "",
-             f"Load average before the run: {report['loadavg_before']}.", "",
+             f"Load average before the run: {report['loadavg_before']}. Python speed "
+             f"(`bench.python_speed_ms`): {report['machine'].get('python_loop_ms', '?')} ms.", "",
              "| scenario | requests/s | p50 ms | p90 ms | p99 ms | errors | gateway CPU ms/req |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in report["scenarios"].items():
