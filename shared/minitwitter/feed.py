@@ -256,16 +256,11 @@ def _queue_fan_out(op: str, post_id: int, author_id: int) -> None:
     """
     token = f"{op}:{post_id}:{author_id}"
 
-    def queued(reply: list[Any]) -> None:
-        if FAN_OUT_LIST.needs_job(reply):
-            cache.soft(kick_fan_out, None)  # missed: the reconciler kicks a waiting list
-
     def failed() -> None:
         versioned_cache.remember_repair(_queue_fan_out, op, post_id, author_id)
         log.warning("fan-out deferred: Redis is unavailable", extra={"fan_out": token})
 
-    cache.write_later([FAN_OUT_LIST.push_command(token)], script=FAN_OUT_LIST.script,
-                      on_reply=queued, on_failure=failed)
+    FAN_OUT_LIST.push_later(FAN_OUT_LIST.push_call(token), kick_fan_out, failed)
 
 
 def kick_fan_out(r: Any) -> None:

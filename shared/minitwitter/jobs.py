@@ -183,20 +183,15 @@ def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None
     if kind not in KINDS:
         log.error("unknown sentiment item kind", extra={"kind": kind})
         return False
-    item = Item(kind, int(item_id), int(version), call_id)
     taken = True
-
-    def queued(reply: list[Any]) -> None:
-        if TODO_LIST.needs_job(reply):
-            cache.soft(lambda _r: _enqueue_drain(), None)  # missed: the reconciler starts one
 
     def failed() -> None:
         nonlocal taken
         taken = False
         metrics.JOBS.labels("sentiment-enqueue", "error").inc()
 
-    cache.write_later([TODO_LIST.push_command(item.token, item.queued_key, QUEUED_TTL_SECONDS)],
-                      script=TODO_LIST.script, on_reply=queued, on_failure=failed)
+    TODO_LIST.push_later(_enqueue_call(Item(kind, int(item_id), int(version), call_id)),
+                         lambda _r: _enqueue_drain(), failed)
     return taken
 
 

@@ -1,6 +1,6 @@
 """Redis work lists drained by RQ jobs: sentiment items and home-feed fan-outs.
 
-A producer pushes an item with :meth:`WorkList.push_command` (one Lua call: RPUSH, and SET of the
+A producer pushes an item with :meth:`WorkList.push_later` (one Lua call: RPUSH, and SET of the
 list's *draining mark* when it is absent); the call that set the mark queues the RQ drain job. So
 a list that is being drained costs one RQ job, not one per item (an RQ enqueue is a MULTI of job
 hash, queue and registry writes: ~0.2 ms of the gateway's CPU, and as much again in a worker).
@@ -16,7 +16,7 @@ while the mark stands, so that several workers share a backlog.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +62,7 @@ class WorkList:
 
     @property
     def script(self) -> cache.Lua:
-        """The push script (for :func:`cache.write_later`'s NOSCRIPT recovery)."""
+        """The push script (its SHA names pushes on the wire)."""
         return _PUSH
 
     def push_call(self, item: str, dedupe_key: str | None = None,
@@ -75,9 +75,16 @@ class WorkList:
             args.append(dedupe_ttl)
         return keys, args
 
-    def push_command(self, item: str, dedupe_key: str | None = None, dedupe_ttl: int = 0) -> tuple[Any, ...]:
-        """The raw command of one push, for :func:`cache.write_later`."""
-        return _PUSH.command(*self.push_call(item, dedupe_key, dedupe_ttl))
+    def push_later(self, call: tuple[list[str], list[Any]], start_job: Callable[[Any], None],
+                   on_failure: Callable[[], None]) -> None:
+        """Send one push (from :meth:`push_call`) with :func:`cache.write_later`; when its reply
+        says so (:meth:`needs_job`), ``start_job(redis_client)`` queues the drain job (a failure
+        there is left to the reconciler). ``on_failure()`` runs if Redis did not take the push."""
+        def pushed(reply: list[Any]) -> None:
+            if self.needs_job(reply):
+                cache.soft(start_job, None)  # missed: the reconciler starts one
+
+        cache.write_later([_PUSH.command(*call)], script=_PUSH, on_reply=pushed, on_failure=on_failure)
 
     def push_all(self, r: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run several pushes (from :meth:`push_call`) in one round trip; their replies."""
