@@ -1,10 +1,14 @@
 """The functions the local gateway hosts: loading handlers in-process, and deployment state.
 
 Each function's ``handler.py`` is loaded through functions-framework's ``create_app`` (exactly as
-the OpenFaaS template's ``index.py`` does), so request/response semantics match a container.
+the OpenFaaS template's ``index.py`` does), so request/response semantics match a container. A
+handler built with :func:`minitwitter.http.endpoint` (all of stack.yml's) is then called through
+:class:`minitwitter.runtime.DirectEndpoint`, which gives the same answers without Flask's
+per-request dispatch (``GATEWAY_DIRECT_CALLS=false`` serves the Flask app instead); any other
+handler is served by the Flask app.
 functions-framework registers a source as ``sys.modules[<file stem>]`` and appends its folder to
 ``sys.path``; with fifteen ``handler.py`` files in one process they would overwrite each other and
-share same-named helper modules. :func:`load_function_app` therefore puts the function's folder
+share same-named helper modules. :func:`load_function` therefore puts the function's folder
 first on ``sys.path`` while it loads, and afterwards removes from ``sys.modules`` every module that
 came from that folder: the handler keeps its own references, and the next function gets fresh
 imports of its own helpers.
@@ -35,7 +39,7 @@ import functions_framework
 
 from minitwitter import db, errors
 from minitwitter.config import REPO_ROOT, Config, load_config
-from minitwitter.runtime import CrashGuard
+from minitwitter.runtime import CrashGuard, DirectEndpoint, endpoint_handler
 
 from .stack import StackFunction, stack_functions
 
@@ -47,6 +51,7 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CE_FORBIDDEN_LABELS = ("com.openfaas.scale.zero", "com.openfaas.scale.zero-duration",
                        "com.openfaas.scale.target", "com.openfaas.scale.type")
 HANDLER_ANNOTATION = "com.minitwitter.handler"
+HANDLER_TARGET = "handle"  # the function name in handler.py, as in the template
 STATE_SQL = "SELECT name, deployed, generation, spec, replicas, created_at FROM gateway_functions"
 #: Settings that say where the platform's services are. In a cluster they come from stack.yml;
 #: under the local gateway the gateway's own environment decides them (``make run`` picks the
@@ -59,8 +64,14 @@ PLATFORM_KEYS = frozenset({
 _import_lock = threading.Lock()
 
 
-def load_function_app(name: str, handler_dir: Path) -> Any:
-    """Build the function's Flask app with functions-framework, isolated from other functions."""
+def load_function(name: str, handler_dir: Path) -> tuple[Any, Any | None]:
+    """Build the function's Flask app with functions-framework, isolated from other functions.
+
+    Returns the app guarded by :class:`~minitwitter.runtime.CrashGuard` (what the OpenFaaS
+    template serves) and, when the handler is a :func:`minitwitter.http.endpoint`, a
+    :class:`~minitwitter.runtime.DirectEndpoint` calling the same handler without Flask's
+    dispatch (None otherwise).
+    """
     source = handler_dir / "handler.py"
     if not source.is_file():
         raise errors.BadRequest(f"no handler found for function {name}", {"handler": str(source)})
@@ -70,8 +81,10 @@ def load_function_app(name: str, handler_dir: Path) -> Any:
         saved_path = list(sys.path)
         sys.path.insert(0, str(folder))
         try:
-            return CrashGuard(functions_framework.create_app(
-                target="handle", source=str(source), signature_type="http"))
+            app = CrashGuard(functions_framework.create_app(
+                target=HANDLER_TARGET, source=str(source), signature_type="http"))
+            handler = endpoint_handler(sys.modules.get(source.stem), HANDLER_TARGET)
+            return app, DirectEndpoint(handler) if handler is not None else None
         finally:
             sys.path[:] = saved_path
             for mod_name in set(sys.modules) - before:
@@ -233,7 +246,8 @@ class Registry:
 
     def _load(self, name: str, generation: int, spec: dict[str, Any], replicas: int,
               created: datetime) -> Hosted:
-        app = load_function_app(name, self.handler_dir(name, spec))
+        flask_app, direct = load_function(name, self.handler_dir(name, spec))
+        app = direct if direct is not None and self.config.gateway_direct_calls else flask_app
         env_vars = {k: v for k, v in (spec.get("envVars") or {}).items() if k not in PLATFORM_KEYS}
         config = load_config({**os.environ, **env_vars}) if env_vars else None
         log.info("function loaded", extra={"function": name, "generation": generation})
@@ -248,7 +262,7 @@ class Registry:
         if spec["namespace"] != self.namespace:
             raise errors.BadRequest(f"namespace {spec['namespace']} is not available; use {self.namespace}")
         # Refuse code we cannot find before recording anything (and prove it loads).
-        load_function_app(name, self.handler_dir(name, spec))
+        load_function(name, self.handler_dir(name, spec))
         with db.transaction():
             db.run("LOCK TABLE gateway_functions IN SHARE ROW EXCLUSIVE MODE")
             row = db.one("SELECT deployed FROM gateway_functions WHERE name = :n", n=name)

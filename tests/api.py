@@ -1,9 +1,11 @@
 """Calling functions in tests the way the runtime does: functions-framework apps, in-process.
 
 ``Api.call("create-post", "POST", json={...}, token=...)`` loads ``functions/<name>/handler.py``
-through the gateway's loader (functions-framework ``create_app`` + the crash guard) and sends a
-request with Werkzeug's test client; the path is what the function sees after the gateway strips
-``/function/<name>``. ``Api.account("alice")`` registers and logs in through the real functions.
+through the gateway's loader (functions-framework ``create_app`` + the crash guard, what the
+OpenFaaS template serves) and sends a request with Werkzeug's test client; the path is what the
+function sees after the gateway strips ``/function/<name>``. ``Api(direct=True)`` calls the same
+handlers as the local gateway does, through :class:`minitwitter.runtime.DirectEndpoint`.
+``Api.account("alice")`` registers and logs in through the real functions.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ from typing import Any
 
 from werkzeug.test import Client, TestResponse
 
-from gateway.registry import load_function_app
+from gateway.registry import load_function
 from minitwitter.config import REPO_ROOT
 
 PASSWORD = "correct horse battery staple"
-_apps: dict[str, Any] = {}
+_apps: dict[str, tuple[Any, Any]] = {}
 
 
-def function_app(name: str) -> Any:
-    """The WSGI app of ``functions/<name>`` (loaded once per test session)."""
+def function_apps(name: str) -> tuple[Any, Any]:
+    """The two WSGI apps of ``functions/<name>``: functions-framework's and the direct one
+    (loaded once per test session)."""
     if name not in _apps:
-        _apps[name] = load_function_app(name, REPO_ROOT / "functions" / name)
+        _apps[name] = load_function(name, REPO_ROOT / "functions" / name)
     return _apps[name]
 
 
@@ -38,6 +41,9 @@ class Account:
 class Api:
     """A client for the functions, with helpers for accounts."""
 
+    def __init__(self, *, direct: bool = False) -> None:
+        self.direct = direct
+
     def call(self, function: str, method: str = "GET", path: str = "/", *, json: Any = None,
              token: str | None = None, headers: dict[str, str] | None = None,
              data: bytes | str | None = None, query: dict[str, Any] | str | None = None,
@@ -45,7 +51,8 @@ class Api:
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
-        client = Client(function_app(function))
+        flask_app, direct_app = function_apps(function)
+        client = Client(direct_app if self.direct else flask_app)
         return client.open(path, method=method, json=json, data=data, headers=hdrs,
                            query_string=query, environ_base={"REMOTE_ADDR": remote_addr})
 

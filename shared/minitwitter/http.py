@@ -18,7 +18,7 @@ from typing import Any
 import flask
 import orjson
 
-from . import cache, errors, logs, metrics, ratelimit
+from . import cache, errors, logs, metrics, ratelimit, runtime
 from .config import get_config
 from .jsonshape import parse_id
 
@@ -35,8 +35,11 @@ def dumps(body: Any) -> bytes:
 
 def respond(status: int, body: Any = None, headers: Mapping[str, str] | None = None) -> flask.Response:
     """A JSON response; ``body=None`` gives an empty body (204)."""
-    data = b"" if body is None else dumps(body)
-    response = flask.Response(data, status=status, mimetype=JSON if body is not None else None)
+    if body is None:
+        response = flask.Response(b"", status=status)
+        del response.headers["Content-Type"]  # nothing to type (werkzeug would say text/html)
+    else:
+        response = flask.Response(dumps(body), status=status, mimetype=JSON)
     if headers:
         for key, value in headers.items():
             response.headers[key] = value
@@ -208,6 +211,7 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
                 )
                 return response
 
+        setattr(handle, runtime.ENDPOINT_ATTR, handle)  # how a host knows it can call it directly
         return handle
 
     return decorate

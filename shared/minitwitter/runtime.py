@@ -1,20 +1,52 @@
-"""What the OpenFaaS template and the local gateway share when they host a function."""
+"""What the OpenFaaS template and the local gateway share when they host a function.
+
+Both load a function with functions-framework's ``create_app`` and guard it with
+:class:`CrashGuard`. The local gateway then calls a handler built with
+:func:`minitwitter.http.endpoint` through :class:`DirectEndpoint` instead of the Flask app: the
+same handler, the same answers (tests/test_direct_calls.py compares the two hosts request by
+request), without Flask's per-request dispatch.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
+import flask
 import orjson
 
 log = logging.getLogger("minitwitter.runtime")
 
+WSGIEnv = dict[str, Any]
+StartResponse = Callable[..., Any]
+
 CRASH_BODY = orjson.dumps({"error": "internal error", "details": {}})
+#: Paths functions-framework answers itself with a 404 page, never calling the handler.
+FRAMEWORK_404_PATHS = frozenset({"/robots.txt", "/favicon.ico"})
+#: The attribute :func:`minitwitter.http.endpoint` sets on the handler it builds (to itself).
+ENDPOINT_ATTR = "__minitwitter_endpoint__"
+
+
+def error_body(status: int) -> bytes:
+    """The project's JSON error body for a status that the framework, not a handler, answered."""
+    try:
+        message = HTTPStatus(status).phrase.lower()
+    except ValueError:
+        message = "error"
+    return orjson.dumps({"error": message, "details": {}})
+
+
+def _json_headers(body: bytes, keep: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    kept = [(k, v) for k, v in keep if k.lower() not in ("content-type", "content-length")]
+    return [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *kept]
 
 
 class CrashGuard:
-    """WSGI middleware: a handler that raised gets a JSON 500, never its exception text.
+    """WSGI middleware: a handler that raised gets a JSON 500, never its exception text, and an
+    error page of the framework's own (Flask's HTML 404 for ``/favicon.ico``, say) becomes the
+    JSON error body with the same status.
 
     functions-framework answers an uncaught exception with ``str(exc)`` and
     ``X-Google-Status: crash``; our handlers catch everything at their boundary, so this only
@@ -25,8 +57,8 @@ class CrashGuard:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        crashed = False
+    def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
+        replacement: list[bytes] = []
         # functions-framework's execution id is the OpenFaaS call id when there is one (one id
         # to correlate by, and generating a random one cost ~40 us per request).
         call_id = environ.get("HTTP_X_CALL_ID")
@@ -34,18 +66,82 @@ class CrashGuard:
             environ["HTTP_FUNCTION_EXECUTION_ID"] = call_id
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            nonlocal crashed
             if any(k.lower() == "x-google-status" and v == "crash" for k, v in headers):
-                crashed = True
                 log.error("function crashed", extra={"path": environ.get("PATH_INFO")})
-                return start_response("500 INTERNAL SERVER ERROR", [
-                    ("Content-Type", "application/json"), ("Content-Length", str(len(CRASH_BODY)))])
+                replacement.append(CRASH_BODY)
+                return start_response("500 INTERNAL SERVER ERROR", _json_headers(CRASH_BODY))
+            code = int(status.split(" ", 1)[0])
+            if code >= 400 and any(k.lower() == "content-type" and v.startswith("text/html")
+                                   for k, v in headers):
+                body = error_body(code)
+                replacement.append(body)
+                return start_response(status, _json_headers(body, headers))
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
         result = self.app(environ, start)
-        if crashed:
+        if replacement:
             close = getattr(result, "close", None)
             if close:
                 close()
-            return [CRASH_BODY]
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else replacement
         return result
+
+
+def endpoint_handler(module: Any, target: str = "handle") -> Callable[[flask.Request], flask.Response] | None:
+    """The module's ``target`` when it is a handler built by :func:`minitwitter.http.endpoint`."""
+    handler = getattr(module, target, None)
+    return handler if handler is not None and getattr(handler, ENDPOINT_ATTR, None) is handler else None
+
+
+class DirectEndpoint:
+    """WSGI app that calls an :func:`~minitwitter.http.endpoint` handler with a ``flask.Request``.
+
+    What functions-framework's Flask app adds around such a handler is, per request, a request
+    and an app context, URL routing, signals, ``after_request`` hooks and the WSGI response
+    conversion: about a third of the gateway's CPU per request (docs/benchmarks.md). An endpoint
+    handler needs none of it: it reads only the ``flask.Request`` it is given (no Flask
+    globals), catches every exception at its boundary and returns a ``flask.Response``. So this
+    app gives the answers the Flask app gives (functions-framework's two 404 paths included,
+    as :class:`CrashGuard` turns them into JSON), reads the rest of a request body afterwards as
+    functions-framework does, and falls back to werkzeug's own response
+    conversion for the cases that conversion changes (1xx, 204, 304, a non-ASCII
+    ``Location``).
+    """
+
+    def __init__(self, handler: Callable[[flask.Request], flask.Response]) -> None:
+        self.handler = handler
+
+    def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        if environ.get("PATH_INFO") in FRAMEWORK_404_PATHS:
+            body = error_body(404)
+            start_response("404 NOT FOUND", _json_headers(body))
+            return [] if head else [body]
+        try:
+            request = flask.Request(environ)
+            response = self.handler(request)
+            if environ.get("CONTENT_LENGTH") or "HTTP_TRANSFER_ENCODING" in environ:
+                request.get_data()  # read what the handler left, as functions-framework does
+        except Exception:  # noqa: BLE001 - endpoints catch everything; this guards the guard
+            log.exception("function crashed", extra={"path": environ.get("PATH_INFO")})
+            start_response("500 INTERNAL SERVER ERROR", _json_headers(CRASH_BODY))
+            return [] if head else [CRASH_BODY]
+        code = response.status_code
+        headers = response.headers.to_wsgi_list()
+        if code < 200 or code in (204, 304) or not response.is_sequence or not _final(headers):
+            return response(environ, start_response)
+        start_response(response.status, headers)
+        return [] if head else [response.get_data()]
+
+
+def _final(headers: list[tuple[str, str]]) -> bool:
+    """Whether werkzeug's WSGI conversion would send ``headers`` unchanged: a Content-Length is
+    there and no (Content-)Location needs its IRI encoded."""
+    sized = False
+    for key, value in headers:
+        lowered = key.lower()
+        if lowered == "content-length":
+            sized = True
+        elif lowered in ("location", "content-location") and not value.isascii():
+            return False
+    return sized
