@@ -64,6 +64,15 @@ def error_response(exc: errors.MinitwitterError) -> flask.Response:
     return respond(exc.status, body, headers)
 
 
+def add_missing_headers(response: flask.Response, headers: Mapping[str, str]) -> None:
+    """Add each of ``headers`` the response does not have yet (what ``Headers.setdefault`` does,
+    without the exception werkzeug raises and catches inside it for every absent header)."""
+    present = {key.lower() for key, _ in response.headers}
+    for key, value in headers.items():
+        if key.lower() not in present:
+            response.headers.add(key, value)
+
+
 def call_id(request: flask.Request) -> str:
     """The OpenFaaS call id of this request (generated when the caller sent none)."""
     value = request.headers.get("X-Call-Id", "").strip()
@@ -196,11 +205,10 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
                     response = error_response(errors.MinitwitterError())
                 decision = ratelimit.current.get()
                 ratelimit.current.reset(limit_token)
-                if decision is not None:
-                    for key, value in decision.headers().items():
-                        response.headers.setdefault(key, value)
+                extra = decision.headers() if decision is not None else {}
+                extra["X-Call-Id"] = cid
+                add_missing_headers(response, extra)
                 duration = time.perf_counter() - started
-                response.headers.setdefault("X-Call-Id", cid)
                 metrics.child(metrics.FUNCTION_REQUESTS, name, request.method, str(response.status_code)).inc()
                 metrics.child(metrics.FUNCTION_SECONDS, name).observe(duration)
                 log.info(
