@@ -212,6 +212,32 @@ def test_every_write_an_account_view_shows_is_visible(api: Api) -> None:
     assert seen["posts_count"] == 0 and seen["sentiment_summary"]["posts"] == 0
 
 
+def test_a_display_name_change_is_visible_in_every_post_and_comment_view(api: Api) -> None:
+    """Posts and comments embed their author's display name: a profile edit must reach the
+    cached post objects, timeline pages and comment pages that hold it."""
+    alice, bob = api.account("alice"), api.account("bob")
+    post = create(api, alice, "by alice")
+    other = create(api, bob, "by bob")
+    for target in (post, other):
+        added = api.call("add-comment", "POST", f"/{target['id']}", json={"content": "alice says hi"},
+                         token=alice.token)
+        assert added.status_code == 201
+    views(api, post["id"], bob)
+    views(api, other["id"], bob)
+    changed = api.call("update-user", "PATCH", "/me", json={"display_name": "Alice A."}, token=alice.token)
+    assert changed.status_code == 200
+    for target in (post, other):
+        seen = views(api, target["id"], alice)
+        assert [c["author"]["display_name"] for c in seen["comments"]] == ["Alice A."]
+    seen = views(api, post["id"], alice)
+    assert seen["get"]["author"]["display_name"] == "Alice A."
+    assert seen["get_as_viewer"]["author"]["display_name"] == "Alice A."
+    for listing in ("list", "list_100", "list_as_viewer"):
+        assert in_list(seen[listing], post["id"])["author"]["display_name"] == "Alice A."
+    own_home = api.call("home-timeline", "GET", "/", token=alice.token).json
+    assert in_list(own_home, post["id"])["author"]["display_name"] == "Alice A."
+
+
 def test_batched_invalidation_is_one_write_and_survives_a_script_flush(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """A post write bumps the post, the public first pages and the author's view together: one

@@ -39,7 +39,8 @@ def comment_json(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _key(post_id: int) -> str:
+def page_key(post_id: int) -> str:
+    """The cache entry holding the post's first comment pages."""
     return f"comments:{post_id}"
 
 
@@ -102,7 +103,7 @@ def invalidate_comments(items: Iterable[tuple[int, int]]) -> None:
     Pages are cached per post, so each post's pages go once however many of its comments changed
     (the sentiment worker passes a whole batch).
     """
-    keys = sorted({_key(post_id) for post_id, _comment_id in items})
+    keys = sorted({page_key(post_id) for post_id, _comment_id in items})
     if keys:
         COMMENT_CACHE.bump(*keys)
 
@@ -110,7 +111,7 @@ def invalidate_comments(items: Iterable[tuple[int, int]]) -> None:
 def list_for_post(post_id: int, page: Page) -> Listing:
     """A page of the post's comments, oldest first; NotFound when the post does not exist."""
     field = str(page.limit)
-    seen = COMMENT_CACHE.get(_key(post_id), [field, f"{field}:link"]) if page.is_first else None
+    seen = COMMENT_CACHE.get(page_key(post_id), [field, f"{field}:link"]) if page.is_first else None
     cached = seen[0][0] if seen is not None else None
     if seen is not None and cached is not None:
         link = seen[0][1]
@@ -125,5 +126,5 @@ def list_for_post(post_id: int, page: Page) -> Listing:
     listing = Listing(orjson.dumps(items),
                       link_header(f"list-comments/{post_id}", page, ids, newest_first=False))
     if seen is not None:
-        COMMENT_CACHE.fill(_key(post_id), seen[1], {field: listing.body, f"{field}:link": listing.link or ""})
+        COMMENT_CACHE.fill(page_key(post_id), seen[1], {field: listing.body, f"{field}:link": listing.link or ""})
     return listing

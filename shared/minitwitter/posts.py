@@ -129,6 +129,24 @@ def invalidate_posts(post_ids: Iterable[int], author_ids: Iterable[int] = ()) ->
     versioned_cache.bump_all(entries)
 
 
+def invalidate_author_name(author_id: int) -> None:
+    """Drop every cached view that shows the author's display name, after a profile edit changed
+    it: the author's post objects, the public timeline's first pages, the comment pages of posts
+    the author commented on, and the account view; one Redis round trip.
+
+    Costs one entry per post of the author (and per post commented on), which a rare write can
+    afford; home timelines read posts from PostgreSQL and need nothing.
+    """
+    from . import comments, feed, users
+
+    entries = [(POST_CACHE, _post_key(row[0]))
+               for row in db.run("SELECT id FROM posts WHERE author_id = :a", a=author_id)]
+    entries += [(comments.COMMENT_CACHE, comments.page_key(row[0]))
+                for row in db.run("SELECT DISTINCT post_id FROM comments WHERE author_id = :a", a=author_id)]
+    entries += [(feed.PUBLIC_CACHE, feed.PUBLIC_KEY), (users.ACCOUNT_CACHE, users.account_key(author_id))]
+    versioned_cache.bump_all(entries)
+
+
 # --- writes --------------------------------------------------------------------------------
 
 def validate_idempotency_key(value: str | None) -> str | None:

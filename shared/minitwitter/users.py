@@ -12,11 +12,12 @@ counters, the viewer's relationship and the sentiment summary of the latest
 cached in Redis by a :class:`~versioned_cache.VersionedCache` under ``user:<id>``, bumped after
 every write that changes what it shows: a post created, edited or deleted and a sentiment verdict
 (:func:`posts.invalidate_posts` with the authors), a follow or unfollow (both accounts), a profile
-edit. Usernames never change and accounts are never deleted, so the name -> id lookup is cached
-without invalidation. A viewer's own view (``/me``, or any account seen with a token) is always
-read from PostgreSQL. The token version is cached in :mod:`auth`; a password change writes the
-new one through. The password hash never leaves this module: :func:`account_json` has no field
-for it and :func:`login` returns a token.
+edit (a new display name also reaches every cached post and comment page that shows it:
+:func:`posts.invalidate_author_name`). Usernames never change and accounts are never deleted, so
+the name -> id lookup is cached without invalidation. A viewer's own view (``/me``, or any account
+seen with a token) is always read from PostgreSQL. The token version is cached in :mod:`auth`; a
+password change writes the new one through. The password hash never leaves this module:
+:func:`account_json` has no field for it and :func:`login` returns a token.
 """
 
 from __future__ import annotations
@@ -241,5 +242,10 @@ def update(account_id: int, body: dict[str, Any]) -> dict[str, Any]:
         raise errors.NotFound("account not found")
     if new_hash is not None:
         auth.forget_token_version(account_id, int(row[0]))
-    invalidate_accounts(account_id)
+    if data.get("display_name") is not None:
+        from . import posts
+
+        posts.invalidate_author_name(account_id)  # the account view included
+    else:
+        invalidate_accounts(account_id)
     return get_by_id(account_id, account_id)
