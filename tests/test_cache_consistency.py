@@ -25,6 +25,7 @@ def views(api: Api, post_id: str, viewer: Account) -> dict[str, Any]:
             "list_100": api.call("list-posts", "GET", "/", query={"limit": 100}).json,
             "list_as_viewer": api.call("list-posts", "GET", "/", token=viewer.token).json,
             "comments": api.call("list-comments", "GET", f"/{post_id}").json,
+            "home": api.call("home-timeline", "GET", "/", token=viewer.token).json,
         }
     return result
 
@@ -41,9 +42,11 @@ def test_reads_are_served_from_the_cache(api: Api) -> None:
     db.run("UPDATE posts SET content = 'sneaky' WHERE id = :id", id=int(post["id"]))
     assert api.call("get-post", "GET", f"/{post['id']}").json["content"] == "cached"
     assert api.call("list-posts", "GET", "/").json[0]["content"] == "cached"
+    assert api.call("home-timeline", "GET", "/", token=alice.token).json[0]["content"] == "cached"
     posts.invalidate_post(int(post["id"]))
     assert api.call("get-post", "GET", f"/{post['id']}").json["content"] == "sneaky"
     assert api.call("list-posts", "GET", "/").json[0]["content"] == "sneaky"
+    assert api.call("home-timeline", "GET", "/", token=alice.token).json[0]["content"] == "sneaky"
 
 
 def test_create_update_delete_are_visible_everywhere(api: Api) -> None:
@@ -54,8 +57,10 @@ def test_create_update_delete_are_visible_everywhere(api: Api) -> None:
     seen = views(api, second["id"], bob)
     assert [p["id"] for p in seen["list"]] == [second["id"], first["id"]]
     assert [p["id"] for p in seen["list_100"]] == [second["id"], first["id"]]
+    views(api, first["id"], alice)
     edited = api.call("update-post", "PATCH", f"/{first['id']}", json={"content": "first, edited"}, token=alice.token)
     assert edited.status_code == 200
+    assert in_list(views(api, first["id"], alice)["home"], first["id"])["content"] == "first, edited"
     seen = views(api, first["id"], bob)
     assert seen["get"]["content"] == "first, edited" and seen["get"]["edited_at"]
     assert in_list(seen["list"], first["id"])["content"] == "first, edited"
@@ -79,10 +84,12 @@ def test_like_and_unlike_are_visible_everywhere(api: Api) -> None:
     assert (seen["get_as_viewer"]["likes_count"], seen["get_as_viewer"]["liked"]) == (1, True)
     assert (seen["list"][0]["likes_count"], seen["list"][0]["liked"]) == (1, False)
     assert (seen["list_as_viewer"][0]["likes_count"], seen["list_as_viewer"][0]["liked"]) == (1, True)
-    as_bob = api.call("home-timeline", "GET", "/", token=bob.token).json[0]
-    assert (as_bob["likes_count"], as_bob["liked"]) == (1, True)
+    assert (seen["home"][0]["likes_count"], seen["home"][0]["liked"]) == (1, True)
+    as_alice = api.call("home-timeline", "GET", "/", token=alice.token).json[0]
+    assert (as_alice["likes_count"], as_alice["liked"]) == (1, False)  # the cached object is nobody's
     api.call("like-post", "DELETE", f"/{post['id']}", token=bob.token)
     seen = views(api, post["id"], bob)
+    assert (seen["home"][0]["likes_count"], seen["home"][0]["liked"]) == (0, False)
     assert seen["get_as_viewer"]["likes_count"] == 0 and seen["get_as_viewer"]["liked"] is False
     assert seen["list_as_viewer"][0]["likes_count"] == 0 and seen["list_as_viewer"][0]["liked"] is False
 
@@ -122,6 +129,7 @@ def test_sentiment_verdict_is_visible_after_invalidate_post(api: Api) -> None:
     seen = views(api, post["id"], alice)
     assert seen["get"]["sentiment"] == verdict and seen["get_as_viewer"]["sentiment"] == verdict
     assert seen["list"][0]["sentiment"] == verdict and seen["list_100"][0]["sentiment"] == verdict
+    assert seen["home"][0]["sentiment"] == verdict
     assert api.call("list-posts", "GET", "/", query={"sentiment": "positive"}).json[0]["id"] == post["id"]
 
 
@@ -234,8 +242,7 @@ def test_a_display_name_change_is_visible_in_every_post_and_comment_view(api: Ap
     assert seen["get_as_viewer"]["author"]["display_name"] == "Alice A."
     for listing in ("list", "list_100", "list_as_viewer"):
         assert in_list(seen[listing], post["id"])["author"]["display_name"] == "Alice A."
-    own_home = api.call("home-timeline", "GET", "/", token=alice.token).json
-    assert in_list(own_home, post["id"])["author"]["display_name"] == "Alice A."
+    assert in_list(seen["home"], post["id"])["author"]["display_name"] == "Alice A."
 
 
 def test_batched_invalidation_is_one_write_and_survives_a_script_flush(

@@ -387,7 +387,7 @@ def home_timeline(account_id: int, page: Page) -> Listing:
                     f"WHERE follower_id = :a)) AND {win.where}", win.order),
             **win.params, a=account_id, viewer=account_id)
         return _listing(rows, page, win.reverse, "home-timeline")[1]
-    items = posts.fetch(ids, account_id)
+    items = posts.fetch_cached(ids, account_id)
     if len(items) < len(ids):  # deleted since they were pushed: prune, then serve what remains
         present = {int(i["id"]) for i in items}
         _remove([home_key(account_id)], [i for i in ids if i not in present])

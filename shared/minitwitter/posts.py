@@ -2,7 +2,8 @@
 
 PostgreSQL is the source of truth. A post object (without the viewer's ``liked``) is cached in
 Redis under ``post:<id>`` by a :class:`~versioned_cache.VersionedCache`, so a slow reader can
-never put back a value older than a write. When Redis is down every read goes to PostgreSQL.
+never put back a value older than a write; get-post reads one, a home-timeline page reads its
+posts all at once (:func:`fetch_cached`). When Redis is down every read goes to PostgreSQL.
 
 A write commits first and then, outside the transaction, invalidates caches, pushes the post into
 its author's home feed (read-your-writes before the fan-out job runs), enqueues the fan-out and
@@ -20,7 +21,9 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import db, errors, metrics, versioned_cache
+import orjson
+
+from . import cache, db, errors, metrics, versioned_cache
 from .jsonshape import ident, iso
 from .validation import Str, fields
 from .versioned_cache import VersionedCache
@@ -84,6 +87,55 @@ def fetch(ids: Sequence[int], viewer: int | None) -> list[dict[str, Any]]:
     rows = db.run(f"SELECT {COLUMNS} {FROM} WHERE p.id = ANY(:ids)", ids=list(ids), viewer=viewer)
     by_id = {row[0]: post_json(row) for row in rows}
     return [by_id[i] for i in ids if i in by_id]
+
+
+#: The cached object ``d`` and generation ``g`` of each post entry in KEYS, flattened (nil where
+#: absent): one command for a whole page.
+_READ_POSTS = cache.Lua("""
+local out = {}
+for i, key in ipairs(KEYS) do
+  local entry = redis.call('HMGET', key, 'd', 'g')
+  out[2 * i - 1] = entry[1]
+  out[2 * i] = entry[2]
+end
+return out
+""")
+
+
+def fetch_cached(ids: Sequence[int], viewer: int | None) -> list[dict[str, Any]]:
+    """:func:`fetch` through the post cache: the cached objects in one Redis call, the others
+    from PostgreSQL in one query (and cached unless a write intervened), the viewer's likes in
+    one small query. Reading 20 rows of 15 columns costs pg8000 more than all of that."""
+    if not ids:
+        return []
+    versioned_cache.replay_repairs()
+    keys = [_post_key(i) for i in ids]
+    raw: list[Any] | None = cache.soft(lambda r: _READ_POSTS(r, keys, []), None)
+    if raw is None:
+        return fetch(ids, viewer)
+    found: dict[int, dict[str, Any]] = {}
+    missing: dict[int, bytes] = {}
+    for post_id, data, generation in zip(ids, raw[0::2], raw[1::2], strict=True):
+        if data is not None:
+            found[post_id] = orjson.loads(data)
+        else:
+            missing[post_id] = generation or b""
+    if found:
+        metrics.child(metrics.CACHE_REQUESTS, POST_CACHE.name, "hit").inc(len(found))
+    if missing:
+        metrics.child(metrics.CACHE_REQUESTS, POST_CACHE.name, "miss").inc(len(missing))
+        loaded = fetch(list(missing), None)
+        POST_CACHE.fill_many([(_post_key(int(post["id"])), missing[int(post["id"])],
+                               {"d": orjson.dumps(post)}) for post in loaded])
+        found.update((int(post["id"]), post) for post in loaded)
+    liked = liked_ids(viewer, ids)
+    page = []
+    for post_id in ids:
+        post = found.get(post_id)
+        if post is not None:
+            post["liked"] = post_id in liked
+            page.append(post)
+    return page
 
 
 def liked_ids(viewer: int | None, ids: Sequence[int]) -> set[int]:

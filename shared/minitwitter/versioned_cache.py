@@ -92,6 +92,18 @@ class VersionedCache:
             r, [key], [generation, self.ttl, _generation(), *flat]), None)
         return stored or None
 
+    def fill_many(self, entries: Sequence[tuple[str, bytes, dict[str, bytes | str]]]) -> None:
+        """:meth:`fill` for several ``(key, generation, mapping)`` in one round trip."""
+        if not entries:
+            return
+        calls = []
+        for key, generation, mapping in entries:
+            flat: list[bytes | str] = []
+            for field, value in mapping.items():
+                flat += [field, value]
+            calls.append(([key], [generation, self.ttl, _generation(), *flat]))
+        cache.soft(lambda r: _STORE_IF_CURRENT.each(r, calls), None)
+
     def read_through(self, key: str, load: Callable[[], Any]) -> Any:
         """The JSON value cached under ``key``; on a miss ``load()`` (PostgreSQL) and store what
         it returned unless a write bumped ``key`` meanwhile. ``load`` returning None (absent) is
