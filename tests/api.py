@@ -47,14 +47,17 @@ class Api:
     def call(self, function: str, method: str = "GET", path: str = "/", *, json: Any = None,
              token: str | None = None, headers: dict[str, str] | None = None,
              data: bytes | str | None = None, query: dict[str, Any] | str | None = None,
-             remote_addr: str = "127.0.0.1") -> TestResponse:
+             remote_addr: str = "127.0.0.1", raw_path: bool = False) -> TestResponse:
+        """``raw_path``: ``path`` is the PATH_INFO as the gateway passes it ("//x" included),
+        not a URL for the test client to parse."""
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
         flask_app, direct_app = function_apps(function)
         client = Client(direct_app if self.direct else flask_app)
         return client.open(path, method=method, json=json, data=data, headers=hdrs,
-                           query_string=query, environ_base={"REMOTE_ADDR": remote_addr})
+                           query_string=query, environ_base={"REMOTE_ADDR": remote_addr},
+                           environ_overrides={"PATH_INFO": path} if raw_path else None)
 
     def register(self, username: str, password: str = PASSWORD, **extra: Any) -> TestResponse:
         return self.call("register", "POST", json={"username": username, "password": password, **extra})

@@ -21,15 +21,16 @@ from gateway.registry import load_function
 from gateway.stack import stack_functions
 from minitwitter.config import REPO_ROOT
 from minitwitter.http import respond
-from minitwitter.runtime import DirectEndpoint
+from minitwitter.runtime import CrashGuard, DirectEndpoint
 from tests.api import Account, Api
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE")
 CALL_ID = "direct-call-conformance"
 
 
-def answer(response: TestResponse) -> tuple[int, list[tuple[str, str]], bytes]:
-    return response.status_code, sorted(response.headers.items()), response.get_data()
+def answer(response: TestResponse) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Status line, headers in the order sent, body."""
+    return response.status, list(response.headers.items()), response.get_data()
 
 
 def shape(value: Any) -> Any:
@@ -77,7 +78,7 @@ def test_every_stack_function_is_an_endpoint_and_other_handlers_keep_flask() -> 
     for name, fn in stack_functions(str(REPO_ROOT / "stack.yml")).items():
         flask_app, direct = load_function(name, fn.handler)
         assert isinstance(direct, DirectEndpoint), name
-        assert direct is not flask_app
+        assert isinstance(flask_app, CrashGuard), name
     # A plain functions-framework handler (no @endpoint) is served by its Flask app only.
     _, direct = load_function("echo", REPO_ROOT / "tests" / "fixtures" / "functions" / "echo")
     assert direct is None
@@ -87,10 +88,11 @@ def test_every_stack_function_is_an_endpoint_and_other_handlers_keep_flask() -> 
 def test_every_method_and_framework_path_answers_alike(function: str) -> None:
     """Anonymous calls with no body on every method and on functions-framework's own 404 paths
     (which both hosts answer in JSON, never Flask's HTML page)."""
-    for path in ("/", "/favicon.ico", "/robots.txt", "/no/such/thing"):
+    for path in ("/", "/favicon.ico", "/robots.txt", "//robots.txt", "///favicon.ico", "/favicon.ico/",
+                 "/robots.txt/x", "/no/such/thing", "//", "/a//b"):
         for method in METHODS:
-            response = assert_same(function, method, path)
-            if path in ("/favicon.ico", "/robots.txt"):
+            response = assert_same(function, method, path, raw_path=True)
+            if path.lstrip("/") in ("favicon.ico", "robots.txt"):
                 assert response.status_code == 404
                 if method != "HEAD":
                     assert response.json == {"error": "not found", "details": {}}
@@ -218,3 +220,23 @@ def test_the_rest_of_a_request_body_is_read_after_the_handler_as_functions_frame
                "CONTENT_LENGTH": str(len(body.getvalue())), "wsgi.input": body, "wsgi.errors": sys.stderr}
     DirectEndpoint(reads_nothing)(environ, lambda _status, _headers: None)
     assert body.read() == b""
+
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("location", ["/function/get-post/42", "/a b/ü?x=<1>", "http://example.com/ok"])
+def test_a_location_werkzeug_would_encode_goes_through_werkzeug(location: str) -> None:
+    def created(_request: Any) -> Any:
+        return respond(201, {"ok": True}, {"Location": location})
+
+    def run(app: Any) -> tuple[list[Any], bytes]:
+        seen: list[Any] = []
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "QUERY_STRING": "", "SERVER_NAME": "x",
+                   "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+                   "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr}
+        body = b"".join(app(environ, lambda status, headers: seen.extend([status, headers])))
+        return seen, body
+
+    direct = run(DirectEndpoint(created))
+    via_werkzeug = run(lambda environ, start: created(None)(environ, start))
+    assert direct == via_werkzeug
+    assert dict(direct[0][1])["Location"].isascii()

@@ -34,6 +34,8 @@ MAX_POST_LENGTH = 280
 POST_CACHE_TTL = 300
 IDEMPOTENCY_TTL = "24 hours"
 IDEMPOTENCY_KEY_MAX = 255
+#: Cache entries invalidated per Redis round trip by :func:`invalidate_author_name`.
+INVALIDATION_CHUNK = 500
 CONTENT = Str(min=1, max=MAX_POST_LENGTH)
 CALLBACK = Str(min=1, max=2048, required=False)
 WRITE_SCHEMA = {"content": CONTENT, "callback_url": CALLBACK}
@@ -116,7 +118,7 @@ def fetch_cached(ids: Sequence[int], viewer: int | None) -> list[dict[str, Any]]
     found: dict[int, dict[str, Any]] = {}
     missing: dict[int, bytes] = {}
     for post_id, data, generation in zip(ids, raw[0::2], raw[1::2], strict=True):
-        if data is not None:
+        if data:  # nil (RESP2) or False (RESP3) where the entry holds no object
             found[post_id] = orjson.loads(data)
         else:
             missing[post_id] = generation or b""
@@ -186,17 +188,21 @@ def invalidate_author_name(author_id: int) -> None:
     it: the author's post objects, the public timeline's first pages, the comment pages of posts
     the author commented on, and the account view; one Redis round trip.
 
-    Costs one entry per post of the author (and per post commented on), which a rare write can
-    afford; home timelines read posts from PostgreSQL and need nothing.
+    Every entry is bumped, cached or not (a bump also refuses the fill of a reader that queried
+    before the change): one per post of the author and per post commented on, which a rare
+    write can afford. They go :data:`INVALIDATION_CHUNK` per round trip, so a prolific author's
+    rename is many modest writes rather than one that could outlast the Redis timeout.
     """
     from . import comments, feed, users
 
-    entries = [(POST_CACHE, _post_key(row[0]))
-               for row in db.run("SELECT id FROM posts WHERE author_id = :a", a=author_id)]
+    entries = [(feed.PUBLIC_CACHE, feed.PUBLIC_KEY), (users.ACCOUNT_CACHE, users.account_key(author_id))]
+    entries += [(POST_CACHE, _post_key(row[0]))
+                for row in db.run("SELECT id FROM posts WHERE author_id = :a", a=author_id)]
     entries += [(comments.COMMENT_CACHE, comments.page_key(row[0]))
                 for row in db.run("SELECT DISTINCT post_id FROM comments WHERE author_id = :a", a=author_id)]
-    entries += [(feed.PUBLIC_CACHE, feed.PUBLIC_KEY), (users.ACCOUNT_CACHE, users.account_key(author_id))]
-    versioned_cache.bump_all(entries)
+    for start in range(0, len(entries), INVALIDATION_CHUNK):
+        versioned_cache.bump_all(entries[start:start + INVALIDATION_CHUNK])
+        cache.flush_deferred()
 
 
 # --- writes --------------------------------------------------------------------------------

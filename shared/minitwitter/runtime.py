@@ -16,6 +16,7 @@ from typing import Any
 
 import flask
 import orjson
+from werkzeug.urls import iri_to_uri
 
 log = logging.getLogger("minitwitter.runtime")
 
@@ -104,8 +105,8 @@ class DirectEndpoint:
     app gives the answers the Flask app gives (functions-framework's two 404 paths included,
     as :class:`CrashGuard` turns them into JSON), reads the rest of a request body afterwards as
     functions-framework does, and falls back to werkzeug's own response
-    conversion for the cases that conversion changes (1xx, 204, 304, a non-ASCII
-    ``Location``).
+    conversion for the cases that conversion changes (1xx, 204, 304, a ``Location`` that is not
+    a plain URI).
     """
 
     def __init__(self, handler: Callable[[flask.Request], flask.Response]) -> None:
@@ -113,7 +114,8 @@ class DirectEndpoint:
 
     def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
         head = environ.get("REQUEST_METHOD") == "HEAD"
-        if environ.get("PATH_INFO") in FRAMEWORK_404_PATHS:
+        # Flask's routing ignores extra leading slashes: "//robots.txt" is its 404 page too.
+        if "/" + environ.get("PATH_INFO", "").lstrip("/") in FRAMEWORK_404_PATHS:
             body = error_body(404)
             start_response("404 NOT FOUND", _json_headers(body))
             return [] if head else [body]
@@ -136,12 +138,12 @@ class DirectEndpoint:
 
 def _final(headers: list[tuple[str, str]]) -> bool:
     """Whether werkzeug's WSGI conversion would send ``headers`` unchanged: a Content-Length is
-    there and no (Content-)Location needs its IRI encoded."""
+    there and no (Content-)Location needs encoding as a URI."""
     sized = False
     for key, value in headers:
         lowered = key.lower()
         if lowered == "content-length":
             sized = True
-        elif lowered in ("location", "content-location") and not value.isascii():
+        elif lowered in ("location", "content-location") and iri_to_uri(value) != value:
             return False
     return sized
