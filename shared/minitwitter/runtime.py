@@ -106,7 +106,8 @@ class DirectEndpoint:
     as :class:`CrashGuard` turns them into JSON), reads the rest of a request body afterwards as
     functions-framework does, and falls back to werkzeug's own response
     conversion for the cases that conversion changes (1xx, 204, 304, a ``Location`` that is not
-    a plain URI).
+    a plain URI). functions-framework's ``LOG_EXECUTION_ID`` log decoration is not applied: the
+    request log line carries the call id either way.
     """
 
     def __init__(self, handler: Callable[[flask.Request], flask.Response]) -> None:
