@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/shared:$(CURDIR)
 
-.PHONY: run test test-fast lint typecheck migrate secrets bench worker gateway clean
+.PHONY: run test test-fast lint typecheck migrate secrets bench bench-instructions worker gateway clean
 
 $(STAMP): shared/requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ worker: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+bench-instructions: $(STAMP) ## instructions per request under valgrind (machine-independent)
+	$(PY) -m scripts.instructions $(INSTR_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

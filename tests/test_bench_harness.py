@@ -5,6 +5,7 @@ Not a timed assertion: these check that the harness measures what it says it mea
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from minitwitter import db
-from scripts import bench
+from scripts import bench, instructions
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:8080/function/list-posts?limit=100
@@ -121,3 +122,24 @@ def test_create_post_lua_script_rotates_tokens(start_gateway: Any, tmp_path: Pat
     assert created >= result.requests  # wrk counts completed responses only
     assert authors == 3 if created >= 3 else authors >= 1
     assert from_script == created
+
+
+@pytest.mark.no_stores
+def test_instruction_counts_are_read_from_valgrinds_summary() -> None:
+    stderr = "==12== Events    : Ir\n==12== Collected : 3106192100\n==12==\n==12== I   refs:      3,106,192,100\n"
+    assert instructions.COLLECTED.findall(stderr) == ["3106192100"]
+
+
+def test_instruction_count_runs_seed_and_scenarios_in_process(stores: dict[str, str], tmp_path: Path) -> None:
+    """What ``scripts/instructions.py`` runs under valgrind, run without it: the seed through the
+    functions, then one process's warm-up of every scenario (each must answer 2xx) and N
+    requests of one."""
+    from tests.conftest import base_env
+
+    seed_file = tmp_path / "seed.json"
+    env = base_env(stores, INSTR_SEED_FILE=str(seed_file))
+    instructions.run_python(["--seed", str(seed_file)], env)
+    seed = json.loads(seed_file.read_text())
+    assert (len(seed["user_ids"]), len(seed["post_ids"]), len(seed["tokens"])) == (10, bench.SEED_POSTS, 10)
+    instructions.run_python(["--child", "create-post", "5"], env)
+    assert db.scalar("SELECT count(*) FROM posts") == bench.SEED_POSTS + instructions.WARMUP + 5
