@@ -31,6 +31,7 @@ from werkzeug.wrappers import Request, Response
 from minitwitter import cache, db, errors, logs, metrics
 from minitwitter.config import Config, use_config
 from minitwitter.http import dumps
+from minitwitter.runtime import StartResponse, WSGIEnv
 
 from . import handoff, observability, queue_worker
 from .registry import Hosted, Registry
@@ -39,8 +40,6 @@ log = logging.getLogger("minitwitter.gateway")
 
 VERSION = "0.27.14"
 SERVED_BY = f"openfaas-ce/{VERSION} (minitwitter local gateway)"
-WSGIEnv = dict[str, Any]
-StartResponse = Callable[..., Any]
 
 
 def json_error(status: int, message: str, details: dict[str, Any] | None = None,

@@ -186,7 +186,7 @@ def invalidate_posts(post_ids: Iterable[int], author_ids: Iterable[int] = ()) ->
 def invalidate_author_name(author_id: int) -> None:
     """Drop every cached view that shows the author's display name, after a profile edit changed
     it: the author's post objects, the public timeline's first pages, the comment pages of posts
-    the author commented on, and the account view; one Redis round trip.
+    the author commented on, and the account view.
 
     Every entry is bumped, cached or not (a bump also refuses the fill of a reader that queried
     before the change): one per post of the author and per post commented on, which a rare

@@ -85,23 +85,22 @@ class VersionedCache:
 
         Returns the generation the values are stored under (None when refused or Redis is down).
         """
-        flat: list[bytes | str] = []
-        for field, value in mapping.items():
-            flat += [field, value]
-        stored: bytes | None = cache.soft(lambda r: _STORE_IF_CURRENT(
-            r, [key], [generation, self.ttl, _generation(), *flat]), None)
+        stored: bytes | None = cache.soft(
+            lambda r: _STORE_IF_CURRENT(r, [key], self._store_args(generation, mapping)), None)
         return stored or None
+
+    def _store_args(self, generation: bytes, mapping: dict[str, bytes | str]) -> list[Any]:
+        """ARGV of :data:`_STORE_IF_CURRENT` for storing ``mapping`` under ``generation``."""
+        args: list[Any] = [generation, self.ttl, _generation()]
+        for field, value in mapping.items():
+            args += [field, value]
+        return args
 
     def fill_many(self, entries: Sequence[tuple[str, bytes, dict[str, bytes | str]]]) -> None:
         """:meth:`fill` for several ``(key, generation, mapping)`` in one round trip."""
         if not entries:
             return
-        calls = []
-        for key, generation, mapping in entries:
-            flat: list[bytes | str] = []
-            for field, value in mapping.items():
-                flat += [field, value]
-            calls.append(([key], [generation, self.ttl, _generation(), *flat]))
+        calls = [([key], self._store_args(generation, mapping)) for key, generation, mapping in entries]
         cache.soft(lambda r: _STORE_IF_CURRENT.each(r, calls), None)
 
     def read_through(self, key: str, load: Callable[[], Any]) -> Any:
