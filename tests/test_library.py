@@ -11,8 +11,9 @@ from pathlib import Path
 import flask
 import pg8000.native
 import pytest
+import redis
 
-from minitwitter import db, errors, migrate, netguard
+from minitwitter import cache, db, errors, migrate, netguard
 from minitwitter.config import SECRET_NAMES, ensure_dev_secrets, load_config, set_config
 from minitwitter.http import client_ip, endpoint, parse_json, respond
 
@@ -265,3 +266,14 @@ def test_timestamptz_columns_come_back_as_aware_datetimes(stores: dict[str, str]
     assert now.tzinfo is not None
     assert stamp == datetime(2026, 1, 2, 1, 4, 5, 678000, tzinfo=UTC)
     assert infinite == "infinity"
+
+
+@pytest.mark.no_stores
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    commands: list[tuple[object, ...]] = [
+        ("EVALSHA", "a" * 40, 2, "rl:ip:127.0.0.1", "rl:acct:5", 600, 1.5, b"\x00raw"),
+        ("HMGET", "user:5", "d", "g"), ("SET", "k", "ünïcode"), ("ZADD", "feed", 10**18, "10"),
+    ]
+    assert cache._pack(commands) == [b"".join(redis.Connection().pack_commands(commands))]
+    with pytest.raises(redis.DataError):
+        cache._pack([("SET", "k", None)])

