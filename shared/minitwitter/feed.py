@@ -277,8 +277,9 @@ def drain_fan_out() -> int:
     done = 0
     with FAN_OUT_LIST.draining():
         while True:
-            done += _drain_fan_out_batch(r)
-            if not r.llen(FAN_OUT_TODO):
+            taken = _drain_fan_out_batch(r)
+            done += taken
+            if taken < FAN_OUT_BATCH:  # the pop emptied the list
                 time.sleep(FAN_OUT_WAIT)
                 if FAN_OUT_LIST.finished(r):
                     return done
