@@ -93,14 +93,15 @@ def caller(app: Any, seed: dict[str, Any], scenario: str) -> Callable[[int], int
 def child(scenario: str | None, requests: int, seed_file: str) -> None:
     """Inside valgrind: start-up, the warm-up of every scenario, then ``requests`` of one.
 
-    Work done on a timer (the log writer's 50 ms ticks, the registry's re-read every second, the
-    log pruner) would run far more often under valgrind's ~50x slow-down than beside the same
-    requests in a real server, and by chance: held back here, the log lines are written and
-    stored in one batch at the end (counted), the registry is read once at start-up.
+    Work done on a timer (the log writer's 50 ms ticks, the metrics' 100 ms flushes, the
+    registry's re-read every second, the log pruner) would run far more often under valgrind's
+    ~50x slow-down than beside the same requests in a real server, and by chance: held back
+    here, the log lines and metric updates are written and stored in one batch at the end
+    (counted), the registry is read once at start-up.
     """
-    from minitwitter import logs
+    from minitwitter import logs, metrics
 
-    logs.WRITE_INTERVAL = logs.SHIP_INTERVAL = 3600.0
+    logs.WRITE_INTERVAL = logs.SHIP_INTERVAL = metrics.FLUSH_INTERVAL = 3600.0
     from gateway.wsgi import app
 
     seed = json.loads(Path(seed_file).read_text())
@@ -114,6 +115,7 @@ def child(scenario: str | None, requests: int, seed_file: str) -> None:
         call = caller(app, seed, scenario)
         for i in range(requests):
             call(WARMUP + i)
+    metrics.flush()
     logs.flush()
 
 

@@ -150,15 +150,23 @@ def test_metrics_use_openfaas_names_and_add_up_across_processes(gw):
     for i in range(n):  # a new connection each time, so both server processes take requests
         httpx.get(f"{gw.url}/function/echo?i={i}")
     httpx.get(f"{gw.url}/function/echo?status=500")
-    after = httpx.get(f"{gw.url}/metrics").text
+    expected = {("gateway_function_invocation_total", "200"): n,
+                ("gateway_function_invocation_total", "500"): 1,
+                ("gateway_function_invocation_started_total", None): n + 1,
+                ("gateway_functions_seconds_count", "200"): n}
 
-    def delta(name: str, **labels: str) -> float:
-        return _metric(after, name, **labels) - _metric(before, name, **labels)
+    def deltas(after: str) -> dict[tuple[str, str | None], float]:
+        return {(name, code): _metric(after, name, **fn, **({"code": code} if code else {}))
+                - _metric(before, name, **fn, **({"code": code} if code else {}))
+                for name, code in expected}
 
-    assert delta("gateway_function_invocation_total", code="200", **fn) == n
-    assert delta("gateway_function_invocation_total", code="500", **fn) == 1
-    assert delta("gateway_function_invocation_started_total", **fn) == n + 1
-    assert delta("gateway_functions_seconds_count", code="200", **fn) == n
+    # Each process applies its counts within metrics.FLUSH_INTERVAL (the scraped one at once).
+    def scrape_once_complete() -> str | None:
+        text = httpx.get(f"{gw.url}/metrics").text
+        return text if deltas(text) == expected else None
+
+    after = eventually(scrape_once_complete, timeout=5)
+    assert deltas(after) == expected
     assert _metric(after, "gateway_service_count", **fn) == 1.0
 
 
@@ -233,7 +241,12 @@ def test_system_routes_need_basic_auth(gw):
 def test_list_and_describe_functions_in_openfaas_shape(gw):
     auth = gw.auth()
     httpx.get(f"{gw.url}/function/echo")
-    listed = httpx.get(f"{gw.url}/system/functions", auth=auth).json()
+    # invocationCount comes from the metrics, which every process applies within 100 ms.
+    def list_once_counted() -> list[dict] | None:
+        found = httpx.get(f"{gw.url}/system/functions", auth=auth).json()
+        return found if next(f for f in found if f["name"] == "echo").get("invocationCount", 0) >= 1 else None
+
+    listed = eventually(list_once_counted, timeout=5)
     names = sorted(f["name"] for f in listed)
     assert names == ["crash", "echo", "helper-a", "helper-b", "sleepy"]
     echo = next(f for f in listed if f["name"] == "echo")
@@ -433,3 +446,4 @@ def test_stopping_the_server_right_after_start_leaves_no_worker_behind(start_gat
     os.kill(master, sig)
     gateway.proc.wait(15)
     eventually(lambda: not any(_alive(pid) for pid in forked), timeout=15)
+

@@ -179,6 +179,59 @@ def test_metrics_exposition_is_valid_with_every_collector_registered() -> None:
     assert text.count(b"# TYPE minitwitter_sentiment_oldest_pending_age_seconds ") == 1
 
 
+def test_batched_updates_give_the_same_samples_as_prometheus_client() -> None:
+    """metrics.child() batches counter increments and histogram observations; once applied,
+    every sample (bucket, sum, count, total) equals what prometheus_client's own calls give."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    buckets = metrics.LATENCY_BUCKETS
+    direct_h = Histogram("direct_seconds", "h", ["f"], buckets=buckets, registry=registry)
+    batched_h = Histogram("batched_seconds", "h", ["f"], buckets=buckets, registry=registry)
+    direct_c = Counter("direct", "c", ["f"], registry=registry)
+    batched_c = Counter("batched", "c", ["f"], registry=registry)
+    # Every bound exactly, just above and below it, zero, beyond the last bound.
+    values = [0.0, 1e-6, 45.0] + [b + d for b in buckets for d in (-1e-9, 0.0, 1e-9)]
+    for value in values:
+        direct_h.labels("x").observe(value)
+        metrics.child(batched_h, "x").observe(value)
+    for amount in (1, 1, 3, 0, 2.5):
+        direct_c.labels("x").inc(amount)
+        metrics.child(batched_c, "x").inc(amount)
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.child(batched_c, "x").inc(-1)
+    metrics.flush()
+
+    def samples(prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name.removeprefix(prefix), tuple(sorted(s.labels.items()))): s.value
+                for family in registry.collect() if family.name.startswith(prefix)
+                for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples("direct") == samples("batched")
+    assert samples("direct")[("_seconds_count", (("f", "x"),))] == len(values)
+    assert samples("direct")[("_total", (("f", "x"),))] == 7.5
+
+
+def test_a_scrape_includes_the_scraping_process_own_pending_updates() -> None:
+    """render() applies what this process batched before it reads the samples."""
+    metrics.FLUSH_INTERVAL, interval = 3600.0, metrics.FLUSH_INTERVAL  # no background flush here
+    try:
+        counter = metrics.child(metrics.CACHE_REQUESTS, "render-test", "hit")
+        before = _scraped(metrics.render()[0], 'minitwitter_cache_requests_total{cache="render-test",result="hit"}')
+        counter.inc(3)
+        after = _scraped(metrics.render()[0], 'minitwitter_cache_requests_total{cache="render-test",result="hit"}')
+    finally:
+        metrics.FLUSH_INTERVAL = interval
+    assert after - before == 3
+
+
+def _scraped(text: bytes, series: str) -> float:
+    for line in text.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 # --- scrape-time collectors ---------------------------------------------------------------------
 
 def _sample(families: list[Any], name: str, **labels: str) -> float | None:

@@ -8,8 +8,12 @@ bounded label values (function names come from stack.yml, never from the URL).
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 import time
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,18 +33,120 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+#: Seconds between a process's batched updates (:func:`child`) reaching its samples.
+FLUSH_INTERVAL = 0.1
 
 
-def child(metric: Any, *values: str) -> Any:
-    """``metric.labels(*values)``, memoised: on the request path ``labels()`` (argument checks
-    and a lock) cost more than the increment itself. Label values here are bounded sets
-    (function names, methods, status codes, cache names)."""
+class _Updates:
+    """Increments waiting to be applied to prometheus_client's sample values, per process.
+
+    In multi-process mode every ``inc`` of a sample takes a lock, checks the pid and writes the
+    mmap'ed file; a request made eight of them (the gateway's and the function's counters and
+    histograms, a cache hit), ~9 % of a cached read's CPU. Here the request path only appends
+    ``(value, amount)`` to a deque; a background thread sums what accumulated every
+    :data:`FLUSH_INTERVAL` and writes each touched sample once. :func:`render` applies what is
+    pending first, and so does the process's exit, so a scrape sees the scraping process's own
+    requests at once and another process's within :data:`FLUSH_INTERVAL`.
+    """
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[Any, float]] = deque()
+        self._lock = threading.Lock()  # one applier at a time (the thread, a scrape, exit)
+        self._thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._forget_parent)
+
+    def add(self, value: Any, amount: float) -> None:
+        self.pending.append((value, amount))
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            try:
+                self.apply()
+            except Exception:  # noqa: BLE001, S112 - one failed write must not stop the counting
+                continue
+
+    def _forget_parent(self) -> None:
+        # A forked child starts with a copy of the parent's pending updates: the parent applies them.
+        self.pending.clear()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def apply(self) -> None:
+        """Write every pending increment to its sample, one write per sample touched."""
+        with self._lock:
+            sums: dict[Any, float] = {}
+            take = self.pending.popleft
+            while True:
+                try:
+                    value, amount = take()
+                except IndexError:
+                    break
+                sums[value] = sums.get(value, 0.0) + amount
+            for value, amount in sums.items():
+                value.inc(amount)
+
+
+_updates = _Updates()
+atexit.register(_updates.apply)
+
+
+class BatchedChild:
+    """A labelled counter or histogram whose updates go through :class:`_Updates`.
+
+    The same arithmetic as prometheus_client's ``Counter.inc`` and ``Histogram.observe`` (a
+    histogram adds to its sum and to the first bucket whose bound is at or above the value;
+    cumulative counts are computed at scrape time), applied later; tests/test_monitoring.py
+    checks that both give the same exposition.
+    """
+
+    __slots__ = ("_bounds", "_buckets", "_sum", "_value")
+
+    def __init__(self, labelled: Any) -> None:
+        if isinstance(labelled, Histogram):
+            self._sum = labelled._sum  # noqa: SLF001 - prometheus_client's sample values
+            self._buckets = labelled._buckets  # noqa: SLF001
+            self._bounds = labelled._upper_bounds  # noqa: SLF001
+        else:
+            self._value = labelled._value  # noqa: SLF001
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Counter increment (``amount`` ≥ 0)."""
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        _updates.add(self._value, amount)
+
+    def observe(self, amount: float) -> None:
+        """Histogram observation."""
+        _updates.add(self._sum, amount)
+        _updates.add(self._buckets[bisect_left(self._bounds, amount)], 1.0)
+
+
+_children: dict[tuple[int, tuple[str, ...]], BatchedChild] = {}
+
+
+def child(metric: Counter | Histogram, *values: str) -> BatchedChild:
+    """``metric.labels(*values)`` for the request path: memoised (``labels()``' argument checks
+    and lock cost more than an increment) and batched (:class:`_Updates`). Label values here
+    are bounded sets (function names, methods, status codes, cache names)."""
     key = (id(metric), values)
     found = _children.get(key)
     if found is None:
-        found = _children[key] = metric.labels(*values)
+        found = _children[key] = BatchedChild(metric.labels(*values))
     return found
+
+
+def flush() -> None:
+    """Apply this process's pending batched updates now."""
+    _updates.apply()
 
 
 # --- OpenFaaS gateway metrics (names and labels as the CE gateway exports them) -------------
@@ -150,6 +256,7 @@ def multiprocess_enabled() -> bool:
 
 def render() -> tuple[bytes, str]:
     """The Prometheus text exposition of this instance (all its processes)."""
+    flush()
     if multiprocess_enabled():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
