@@ -16,11 +16,11 @@ import time
 import redis
 from rq import SimpleWorker
 
-from minitwitter import cache, logs
+from minitwitter import cache, logs, metrics
 from minitwitter.config import Config, get_config
 
 from . import observability
-from .processes import die_with_parent
+from .processes import die_with_parent, flush_at_exit
 
 log = logging.getLogger("minitwitter.worker")
 
@@ -73,6 +73,7 @@ def supervised_worker(supervisor_pid: int) -> None:
     die_with_parent()
     if os.getppid() != supervisor_pid:  # the supervisor died before prctl took effect
         return
+    flush_at_exit(metrics.flush, logs.flush)  # multiprocessing ends this process with os._exit
     run_worker()
 
 

@@ -1,9 +1,10 @@
 """WSGI entry point of the gateway: ``python -m gateway.serve`` serves ``gateway.wsgi:app``.
 
 Imported once in every server worker process: it makes a stop during loading end the process
-(and asks for SIGTERM should the server process die), configures logging, builds the Gateway, records
-stack.yml's functions as deployed (idempotent), reaps the live gauges of workers that died, and
-loads every deployed function before the worker takes traffic.
+(and asks for SIGTERM should the server process die), configures logging, has the buffered log
+lines and metric updates flushed when the worker stops, builds the Gateway, records stack.yml's
+functions as deployed (idempotent), reaps the live gauges of workers that died, and loads every
+deployed function before the worker takes traffic.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from minitwitter import errors, logs, metrics
 from minitwitter.config import get_config
 
 from .app import Gateway
-from .processes import die_with_parent, stop_on_signals_while_loading
+from .processes import die_with_parent, flush_at_exit, stop_on_signals_while_loading
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -44,6 +45,7 @@ stop_on_signals_while_loading()
 die_with_parent()
 config = get_config()
 logs.configure_logging("gateway")
+flush_at_exit(metrics.flush, logs.flush)  # what the worker buffered when it stops
 metrics.reap_dead_processes()
 app = Gateway(config)
 try:

@@ -447,3 +447,27 @@ def test_stopping_the_server_right_after_start_leaves_no_worker_behind(start_gat
     gateway.proc.wait(15)
     eventually(lambda: not any(_alive(pid) for pid in forked), timeout=15)
 
+
+def test_a_graceful_stop_keeps_the_log_lines_and_metrics_the_workers_buffered(start_gateway, tmp_path):
+    """Log lines and metric updates wait in each worker's buffers (50-200 ms); a SIGTERM right
+    after the requests must not lose them: granian's workers end with os._exit, so they are
+    flushed by multiprocessing finalizers, not atexit."""
+    prom = tmp_path / "graceful-prom"
+    prom.mkdir()
+    gateway = start_gateway(**{**GATEWAY_ENV, "PROMETHEUS_MULTIPROC_DIR": str(prom)})
+    call_ids = [f"graceful-{uuid.uuid4()}" for _ in range(6)]
+    for call_id in call_ids:  # a new connection each time: both workers take some
+        assert httpx.get(f"{gateway.url}/function/echo", headers={"X-Call-Id": call_id}).status_code == 200
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(30) == 0
+    stored = {row[0] for row in db.run("SELECT DISTINCT call_id FROM logs WHERE call_id = ANY(:ids)",
+                                       ids=call_ids)}
+    assert stored == set(call_ids)
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(prom))
+    count = registry.get_sample_value("gateway_function_invocation_total",
+                                      {"function_name": "echo.openfaas-fn", "code": "200"})
+    assert count == len(call_ids)
