@@ -5,10 +5,14 @@ requests per second from two sessions do not compare (docs/benchmarks.md). Valgr
 counts the instructions a process executes, which for the same code and inputs barely change
 from machine to machine or with the load beside it. Here the gateway's WSGI app (the functions,
 the library, logging, metrics, the 504 hand-off; not granian's HTTP handling) is called
-in-process under ``valgrind --tool=callgrind``, N times per scenario against the real PostgreSQL
-and Redis. Every run does the same start-up and warm-up (20 requests of every scenario); a
-baseline run does only that, so a scenario's instructions per request are (its run's total - the
-baseline's) / N. Every thread of the process counts, the background log writer included.
+in-process under ``valgrind --tool=callgrind`` against the real PostgreSQL and Redis. Each
+scenario runs twice, side by side: start-up, 20 requests of that scenario to warm up, then N
+requests in one run and 2N in the other; its instructions per request are (the second total -
+the first) / N, so start-up and warm-up cancel out. A run sends only its own scenario's requests:
+a write in one run (create-post invalidates the author's cached account and the public
+timeline) would otherwise change what a read in the other costs, which made counts differ by
+up to 25 % between runs when all scenarios warmed up together. Every thread of the process
+counts, the background log writer included.
 
     make bench-instructions                       # every scenario, N = 300
     python -m scripts.instructions --requests 100 --only get-user
@@ -90,8 +94,8 @@ def caller(app: Any, seed: dict[str, Any], scenario: str) -> Callable[[int], int
     return lambda _i: request_once(app, method, target, token)
 
 
-def child(scenario: str | None, requests: int, seed_file: str) -> None:
-    """Inside valgrind: start-up, the warm-up of every scenario, then ``requests`` of one.
+def child(scenario: str, requests: int, seed_file: str) -> None:
+    """Inside valgrind: start-up, the scenario's warm-up, then ``requests`` more of it.
 
     Work done on a timer (the log writer's 50 ms ticks, the metrics' 100 ms flushes, the
     registry's re-read every second, the log pruner) would run far more often under valgrind's
@@ -105,16 +109,13 @@ def child(scenario: str | None, requests: int, seed_file: str) -> None:
     from gateway.wsgi import app
 
     seed = json.loads(Path(seed_file).read_text())
-    for name in SCENARIOS:
-        call = caller(app, seed, name)
-        for i in range(WARMUP):
-            status = call(i)
-            if status >= 300:
-                raise SystemExit(f"{name} answered {status} during the warm-up")
-    if scenario:
-        call = caller(app, seed, scenario)
-        for i in range(requests):
-            call(WARMUP + i)
+    call = caller(app, seed, scenario)
+    for i in range(WARMUP):
+        status = call(i)
+        if status >= 300:
+            raise SystemExit(f"{scenario} answered {status} during the warm-up")
+    for i in range(requests):
+        call(WARMUP + i)
     metrics.flush()
     logs.flush()
 
@@ -163,7 +164,7 @@ def main() -> int:
     parser.add_argument("--seed", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0] or None, int(args.child[1]), os.environ["INSTR_SEED_FILE"])
+        child(args.child[0], int(args.child[1]), os.environ["INSTR_SEED_FILE"])
         return 0
     if args.seed:
         seed_stores(args.seed)
@@ -179,15 +180,14 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "minitwitter.migrate"], env=env, cwd=REPO_ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         run_python(["--seed", env["INSTR_SEED_FILE"]], env)
-        runs = [("", 0)] + [(name, args.requests) for name in names]
+        print(f"Instructions per request (callgrind, in-process gateway app, runs of {args.requests}"
+              f" and {2 * args.requests} requests per scenario):\n")
+        print("| scenario | instructions per request |\n|---|---:|")
         with ThreadPoolExecutor(max_workers=2) as pool:
-            totals = list(pool.map(lambda run: instructions(["--child", run[0], str(run[1])], env), runs))
-    baseline = totals[0]
-    print(f"Instructions per request (callgrind, in-process gateway app, {args.requests} requests "
-          f"per scenario, baseline {baseline:,}):\n")
-    print("| scenario | instructions per request |\n|---|---:|")
-    for name, total in zip(names, totals[1:], strict=True):
-        print(f"| {name} | {(total - baseline) / args.requests:,.0f} |")
+            for name in names:
+                short, long = pool.map(lambda n, name=name: instructions(["--child", name, str(n)], env),
+                                       (args.requests, 2 * args.requests))
+                print(f"| {name} | {(long - short) / args.requests:,.0f} |", flush=True)
     return 0
 
 
