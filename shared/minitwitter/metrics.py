@@ -42,7 +42,7 @@ class _Updates:
 
     In multi-process mode every ``inc`` of a sample takes a lock, checks the pid and writes the
     mmap'ed file; a request made eight of them (the gateway's and the function's counters and
-    histograms, a cache hit), ~9 % of a cached read's CPU. Here the request path only appends
+    histograms, a cache hit), ~8 % of a cached get-user's instructions. Here the request path only appends
     ``(value, amount)`` to a deque; a background thread sums what accumulated every
     :data:`FLUSH_INTERVAL` and writes each touched sample once. :func:`render` applies what is
     pending first, and so does the process's exit, so a scrape sees the scraping process's own
