@@ -145,6 +145,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 def test_metrics_use_openfaas_names_and_add_up_across_processes(gw):
     fn = {"function_name": "echo.openfaas-fn"}
+    time.sleep(0.3)  # earlier tests' last counts reach the samples (each process every 0.1 s)
     before = httpx.get(f"{gw.url}/metrics").text
     n = 12
     for i in range(n):  # a new connection each time, so both server processes take requests

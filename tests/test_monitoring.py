@@ -179,7 +179,13 @@ def test_metrics_exposition_is_valid_with_every_collector_registered() -> None:
     assert text.count(b"# TYPE minitwitter_sentiment_oldest_pending_age_seconds ") == 1
 
 
-def test_batched_updates_give_the_same_samples_as_prometheus_client() -> None:
+@pytest.fixture
+def batched_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test's batched updates wait for metrics.flush()/render(): no background thread."""
+    monkeypatch.setattr(metrics, "_updates", metrics._Updates(background=False))  # noqa: SLF001
+
+
+def test_batched_updates_give_the_same_samples_as_prometheus_client(batched_by_hand: None) -> None:
     """metrics.child() batches counter increments and histogram observations; once applied,
     every sample (bucket, sum, count, total) equals what prometheus_client's own calls give."""
     from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -210,19 +216,47 @@ def test_batched_updates_give_the_same_samples_as_prometheus_client() -> None:
     assert samples("direct") == samples("batched")
     assert samples("direct")[("_seconds_count", (("f", "x"),))] == len(values)
     assert samples("direct")[("_total", (("f", "x"),))] == 7.5
+    # A NaN reaches the sum (NaN from then on) and no bucket, in both.
+    direct_h.labels("x").observe(math.nan)
+    metrics.child(batched_h, "x").observe(math.nan)
+    metrics.flush()
+    buckets = {k: v for k, v in samples("direct").items() if not k[0].endswith("_sum")}
+    assert buckets == {k: v for k, v in samples("batched").items() if not k[0].endswith("_sum")}
+    assert math.isnan(samples("batched")[("_seconds_sum", (("f", "x"),))])
 
 
-def test_a_scrape_includes_the_scraping_process_own_pending_updates() -> None:
+def test_a_scrape_includes_the_scraping_process_own_pending_updates(batched_by_hand: None) -> None:
     """render() applies what this process batched before it reads the samples."""
-    metrics.FLUSH_INTERVAL, interval = 3600.0, metrics.FLUSH_INTERVAL  # no background flush here
-    try:
-        counter = metrics.child(metrics.CACHE_REQUESTS, "render-test", "hit")
-        before = _scraped(metrics.render()[0], 'minitwitter_cache_requests_total{cache="render-test",result="hit"}')
-        counter.inc(3)
-        after = _scraped(metrics.render()[0], 'minitwitter_cache_requests_total{cache="render-test",result="hit"}')
-    finally:
-        metrics.FLUSH_INTERVAL = interval
+    series = 'minitwitter_cache_requests_total{cache="render-test",result="hit"}'
+    counter = metrics.child(metrics.CACHE_REQUESTS, "render-test", "hit")
+    before = _scraped(metrics.render()[0], series)
+    counter.inc(3)
+    assert metrics._updates.pending  # noqa: SLF001 - nothing applied it yet
+    after = _scraped(metrics.render()[0], series)
     assert after - before == 3
+
+
+def test_a_failed_sample_write_stays_pending(batched_by_hand: None) -> None:
+    """A write that fails (a full disk under the mmap'ed file, say) is retried, not dropped."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    counter = Counter("flaky", "c", ["f"], registry=CollectorRegistry())
+    value = counter.labels("x")._value  # noqa: SLF001
+    real_inc, calls = value.inc, []
+
+    def failing_once(amount: float) -> None:
+        calls.append(amount)
+        if len(calls) == 1:
+            raise OSError("No space left on device")
+        real_inc(amount)
+
+    value.inc = failing_once
+    metrics.child(counter, "x").inc(2)
+    metrics.flush()
+    assert value.get() == 0
+    metrics.child(counter, "x").inc(1)
+    metrics.flush()
+    assert calls == [2, 3] and value.get() == 3
 
 
 def _scraped(text: bytes, series: str) -> float:

@@ -49,15 +49,18 @@ class _Updates:
     requests at once and another process's within :data:`FLUSH_INTERVAL`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, background: bool = True) -> None:
         self.pending: deque[tuple[Any, float]] = deque()
         self._lock = threading.Lock()  # one applier at a time (the thread, a scrape, exit)
         self._thread: threading.Thread | None = None
-        os.register_at_fork(after_in_child=self._forget_parent)
+        self._background = background  # False: applied only by apply() (tests)
+        # No fork while an apply holds prometheus_client's lock: the child would inherit it held.
+        os.register_at_fork(before=self._lock_for_fork, after_in_parent=self._unlock_after_fork,
+                            after_in_child=self._forget_parent)
 
     def add(self, value: Any, amount: float) -> None:
         self.pending.append((value, amount))
-        if self._thread is None:
+        if self._thread is None and self._background:
             self._start()
 
     def _start(self) -> None:
@@ -69,10 +72,13 @@ class _Updates:
     def _run(self) -> None:
         while True:
             time.sleep(FLUSH_INTERVAL)
-            try:
-                self.apply()
-            except Exception:  # noqa: BLE001, S112 - one failed write must not stop the counting
-                continue
+            self.apply()
+
+    def _lock_for_fork(self) -> None:
+        self._lock.acquire()
+
+    def _unlock_after_fork(self) -> None:
+        self._lock.release()
 
     def _forget_parent(self) -> None:
         # A forked child starts with a copy of the parent's pending updates: the parent applies them.
@@ -81,7 +87,8 @@ class _Updates:
         self._thread = None
 
     def apply(self) -> None:
-        """Write every pending increment to its sample, one write per sample touched."""
+        """Write every pending increment to its sample, one write per sample touched; a sample
+        whose write fails keeps its sum pending for the next apply."""
         with self._lock:
             sums: dict[Any, float] = {}
             take = self.pending.popleft
@@ -91,8 +98,13 @@ class _Updates:
                 except IndexError:
                     break
                 sums[value] = sums.get(value, 0.0) + amount
+            failed: list[tuple[Any, float]] = []
             for value, amount in sums.items():
-                value.inc(amount)
+                try:
+                    value.inc(amount)
+                except Exception:  # noqa: BLE001 - a full disk, say: retried, never lost silently
+                    failed.append((value, amount))
+            self.pending.extend(failed)
 
 
 _updates = _Updates()
@@ -125,19 +137,20 @@ class BatchedChild:
         _updates.add(self._value, amount)
 
     def observe(self, amount: float) -> None:
-        """Histogram observation."""
+        """Histogram observation (a NaN, as in prometheus_client, reaches the sum, no bucket)."""
         _updates.add(self._sum, amount)
-        _updates.add(self._buckets[bisect_left(self._bounds, amount)], 1.0)
+        if amount == amount:  # noqa: PLR0124 - false only for NaN
+            _updates.add(self._buckets[bisect_left(self._bounds, amount)], 1.0)
 
 
-_children: dict[tuple[int, tuple[str, ...]], BatchedChild] = {}
+_children: dict[tuple[Counter | Histogram, tuple[str, ...]], BatchedChild] = {}
 
 
 def child(metric: Counter | Histogram, *values: str) -> BatchedChild:
     """``metric.labels(*values)`` for the request path: memoised (``labels()``' argument checks
     and lock cost more than an increment) and batched (:class:`_Updates`). Label values here
     are bounded sets (function names, methods, status codes, cache names)."""
-    key = (id(metric), values)
+    key = (metric, values)
     found = _children.get(key)
     if found is None:
         found = _children[key] = BatchedChild(metric.labels(*values))
