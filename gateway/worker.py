@@ -38,34 +38,55 @@ def queue_names(config: Config | None = None) -> list[str]:
 def run_worker(burst: bool = False) -> None:
     """Run one worker in this process until told to stop; outlive Redis outages.
 
-    RQ's work loop quits (raising from its teardown) when Redis goes away; the worker is then
-    started again once Redis answers, so a Redis restart never needs a worker restart.
+    A worker started while Redis is down waits for it. RQ's work loop quits (raising from its
+    teardown) when Redis goes away; the worker is then started again once Redis answers, so a
+    Redis restart never needs a worker restart.
     """
     logs.configure_logging("worker")
     hooked = False
     while True:
+        if not burst:
+            wait_for_redis()
         cache.reset()
-        worker = SimpleWorker(queue_names(), connection=cache.shared_client())
-        if not hooked:
-            hooked = True
-            try:
-                from minitwitter import jobs  # sentiment pipeline: periodic reconciler, if present
-
-                jobs.on_worker_start(worker)
-            except ImportError:
-                pass
         try:
+            worker = SimpleWorker(queue_names(), connection=cache.shared_client())
+            if not hooked:
+                on_worker_start(worker)
+                hooked = True
             worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
             return
         except (redis.RedisError, OSError) as exc:
             if burst:
                 raise
             log.warning("worker lost Redis; restarting", extra={"error": type(exc).__name__})
-        # RQ's handlers would raise into this loop; while idle, SIGTERM/SIGINT simply end it.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        while not cache.ping():
-            time.sleep(REDIS_RETRY_SECONDS)
+
+
+def on_worker_start(worker: SimpleWorker) -> None:
+    """The sentiment pipeline's start-up hook (its periodic reconciler), where it is installed."""
+    try:
+        from minitwitter import jobs
+    except ImportError:
+        return
+    jobs.on_worker_start(worker)
+
+
+def wait_for_redis() -> None:
+    """Return once Redis answers; until then SIGTERM/SIGINT end the process.
+
+    RQ's handlers, left from a work loop that lost Redis, would raise into this loop; here a
+    stop goes through the normal exit, which flushes the buffered log lines and metrics.
+    """
+    if cache.ping():
+        return
+    log.warning("waiting for Redis")
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    while not cache.ping():
+        time.sleep(REDIS_RETRY_SECONDS)
+
+
+def _exit_on_signal(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def supervised_worker(supervisor_pid: int) -> None:

@@ -7,6 +7,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import redis
+from rq import Worker
+
+from gateway import embedded
+from minitwitter import db
 from tests.conftest import eventually
 
 
@@ -36,3 +41,24 @@ def test_workers_stop_when_their_supervisor_is_killed(start_workers: Any) -> Non
     os.kill(supervisor, signal.SIGKILL)
     workers.proc.wait(10)
     eventually(lambda: not any(running(pid) for pid in forked), timeout=30)
+
+
+def test_workers_started_while_redis_is_down_wait_for_it(start_workers: Any, tmp_path: Path) -> None:
+    """Workers started before their Redis wait for it (they used to die at once with a
+    traceback) and take their queues once it answers."""
+    port = embedded.free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    workers = start_workers(WORKER_COUNT="2", REDIS_URL=url)
+    supervisor = workers.proc.pid
+    forked = eventually(lambda: len(children(supervisor)) == 2 and children(supervisor), timeout=30)
+    eventually(lambda: db.scalar("SELECT count(*) FROM logs WHERE message = 'waiting for Redis'"
+                                 " AND ts > now() - interval '1 minute'") >= 2, timeout=30)
+    assert all(running(pid) for pid in forked)
+    server = embedded.start_redis(tmp_path / "redis", port=port, binary=embedded.system_redis_binary())
+    try:
+        eventually(lambda: len(Worker.all(connection=redis.Redis.from_url(url))) == 2, timeout=30)
+        workers.proc.send_signal(signal.SIGTERM)
+        assert workers.proc.wait(30) == 0
+        eventually(lambda: not any(running(pid) for pid in forked), timeout=10)
+    finally:
+        server.stop()
