@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -39,15 +38,20 @@ def stop_on_signals_while_loading() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def flush_at_exit(*callbacks: Callable[[], None]) -> None:
-    """Run ``callbacks`` when this process ends normally, in order.
+def flush_at_exit() -> None:
+    """Apply the buffered metric updates and write the buffered log lines when this process
+    ends normally.
 
-    granian's server workers are multiprocessing children, which end with ``os._exit`` after
-    multiprocessing's own finalizers: ``atexit`` handlers (logging's shutdown among them) never
-    run there, so whatever the log sink and the metrics still buffered was lost on every
-    graceful stop. multiprocessing's finalizers also run at a plain interpreter exit.
+    granian's server workers and the supervisor's queue workers are multiprocessing children,
+    which end with ``os._exit`` after multiprocessing's own finalizers: ``atexit`` handlers
+    (logging's shutdown among them) never run there, so whatever the log sink and the metrics
+    still buffered was lost on every graceful stop. multiprocessing's finalizers also run at a
+    plain interpreter exit. Each flush is its own finalizer (one failing does not stop the
+    other), the metrics first.
     """
     from multiprocessing.util import Finalize
 
-    for priority, callback in enumerate(reversed(callbacks), start=10):
-        Finalize(None, callback, exitpriority=priority)
+    from minitwitter import logs, metrics
+
+    Finalize(None, metrics.flush, exitpriority=11)
+    Finalize(None, logs.flush, exitpriority=10)

@@ -16,7 +16,7 @@ import time
 import redis
 from rq import SimpleWorker
 
-from minitwitter import cache, logs, metrics
+from minitwitter import cache, logs
 from minitwitter.config import Config, get_config
 
 from . import observability
@@ -94,7 +94,7 @@ def supervised_worker(supervisor_pid: int) -> None:
     die_with_parent()
     if os.getppid() != supervisor_pid:  # the supervisor died before prctl took effect
         return
-    flush_at_exit(metrics.flush, logs.flush)  # multiprocessing ends this process with os._exit
+    flush_at_exit()  # multiprocessing ends this process with os._exit
     run_worker()
 
 

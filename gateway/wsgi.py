@@ -45,7 +45,7 @@ stop_on_signals_while_loading()
 die_with_parent()
 config = get_config()
 logs.configure_logging("gateway")
-flush_at_exit(metrics.flush, logs.flush)  # what the worker buffered when it stops
+flush_at_exit()  # what the worker buffered when it stops
 metrics.reap_dead_processes()
 app = Gateway(config)
 try:

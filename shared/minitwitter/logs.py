@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
@@ -31,6 +31,7 @@ account_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("accoun
 
 INSTANCE = socket.gethostname()
 SHIP_BATCH = 500
+T = TypeVar("T")
 #: Name of the handlers configure_logging installs (so a second call replaces, not adds).
 HANDLER_NAME = "minitwitter"
 SHIP_INTERVAL = 0.2
@@ -204,7 +205,7 @@ class LogSink:
     def write(self) -> None:
         """Write every pending line to the stream, in order, with one call."""
         with self._write_lock:
-            lines = _take(self.unwritten)
+            lines = drain(self.unwritten)
             if lines:
                 lines.append("")
                 # A closed or broken stream (a vanished terminal, a full pipe's reader gone)
@@ -223,7 +224,7 @@ class LogSink:
         """Store everything waiting in PostgreSQL now (stops early while it is unreachable)."""
         with self._store_lock:
             while self.unstored:
-                if not self._store(_take(self.unstored, SHIP_BATCH)):
+                if not self._store(drain(self.unstored, SHIP_BATCH)):
                     return
 
     def _store(self, batch: list[str]) -> bool:
@@ -260,12 +261,13 @@ class LogSink:
         self.flush()
 
 
-def _take(lines: deque[str], limit: int | None = None) -> list[str]:
-    """Pop up to ``limit`` (default: all) lines from the left, safe against concurrent appends."""
-    taken: list[str] = []
+def drain(items: deque[T], limit: int | None = None) -> list[T]:
+    """Pop up to ``limit`` (default: all) items from the left, safe against concurrent appends
+    (the log sink's buffers, the metrics' pending updates)."""
+    taken: list[T] = []
     with suppress(IndexError):
         while limit is None or len(taken) < limit:
-            taken.append(lines.popleft())
+            taken.append(items.popleft())
     return taken
 
 

@@ -31,6 +31,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from . import logs
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 #: Seconds between a process's batched updates (:func:`child`) reaching its samples.
@@ -91,12 +93,7 @@ class _Updates:
         whose write fails keeps its sum pending for the next apply."""
         with self._lock:
             sums: dict[Any, float] = {}
-            take = self.pending.popleft
-            while True:
-                try:
-                    value, amount = take()
-                except IndexError:
-                    break
+            for value, amount in logs.drain(self.pending):
                 sums[value] = sums.get(value, 0.0) + amount
             failed: list[tuple[Any, float]] = []
             for value, amount in sums.items():
