@@ -18,6 +18,7 @@ from rq import SimpleWorker
 
 from minitwitter import cache, logs
 from minitwitter.config import Config, get_config
+from minitwitter.runtime import freeze_loaded_objects
 
 from . import observability
 from .processes import die_with_parent, flush_at_exit
@@ -52,6 +53,7 @@ def run_worker(burst: bool = False) -> None:
             worker = SimpleWorker(queue_names(), connection=cache.shared_client())
             if not hooked:
                 on_worker_start(worker)
+                freeze_loaded_objects()
                 hooked = True
             worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
             return

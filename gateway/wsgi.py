@@ -13,6 +13,7 @@ import logging
 
 from minitwitter import errors, logs, metrics
 from minitwitter.config import get_config
+from minitwitter.runtime import freeze_loaded_objects
 
 from .app import Gateway
 from .processes import die_with_parent, flush_at_exit, stop_on_signals_while_loading
@@ -54,3 +55,4 @@ try:
 except errors.MinitwitterError:
     log.error("could not read function state at start-up")
 preload(app)
+freeze_loaded_objects()  # last: everything loaded above lives until exit

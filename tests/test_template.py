@@ -197,6 +197,7 @@ def test_request_passes_through_to_the_handler(serve: Any) -> None:
     assert body["query"] == "a=1&a=2&b=x%20y"
     assert body["body"] == "hello body"
     assert body["call_id"] == "call-123"
+    assert body["gc_frozen"] > 10_000  # the loaded app is kept out of full collections
     # Settings come from the same environment the watchdog passes on.
     assert body["max_body_bytes"] == 64 * 1024
 

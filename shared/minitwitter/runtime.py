@@ -9,6 +9,7 @@ request), without Flask's per-request dispatch.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -148,3 +149,19 @@ def _final(headers: list[tuple[str, str]]) -> bool:
         elif lowered in ("location", "content-location") and iri_to_uri(value) != value:
             return False
     return sized
+
+
+def freeze_loaded_objects() -> None:
+    """Hide every object that exists now (the imported modules, the loaded functions) from the
+    cyclic garbage collector for the rest of the process's life (:func:`gc.freeze`).
+
+    The local gateway's server workers, the queue workers and the template's function
+    processes call it once loading is done. A loaded gateway worker holds ~75,000 tracked
+    objects, nearly all of them module-level and alive until exit. Each full collection walked
+    them all: 25 ms on an idle 2-core VM, 30-70 ms under load, every ~15,000 requests, stalling
+    every request of that process meanwhile, which made the p99 latency of the reads 15-30 ms
+    while their p50 was ~1 ms. Frozen, they are never scanned; what requests allocate is
+    collected as before.
+    """
+    gc.collect()  # what loading left as garbage goes now, not into the frozen set
+    gc.freeze()

@@ -69,6 +69,7 @@ def server_options(env: Mapping[str, str]) -> dict[str, Any]:
         "errorlog": "-",
         "loglevel": "warning",
         "post_fork": _post_fork,
+        "post_worker_init": _post_worker_init,
         "worker_exit": _worker_exit,
         "child_exit": _child_exit,
     }
@@ -88,6 +89,12 @@ def _post_fork(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hoo
     from minitwitter import logs
 
     logs.configure_logging("function")
+
+
+def _post_worker_init(worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
+    from minitwitter.runtime import freeze_loaded_objects
+
+    freeze_loaded_objects()  # the app is loaded: full collections skip it from now on
 
 
 def _worker_exit(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
