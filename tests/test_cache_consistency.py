@@ -215,6 +215,9 @@ def test_every_write_an_account_view_shows_is_visible(api: Api) -> None:
     changed = api.call("update-user", "PATCH", "/me", json={"display_name": "Alice A."}, token=alice.token)
     assert changed.status_code == 200
     assert profile(api, "alice")["display_name"] == "Alice A."
+    changed = api.call("update-user", "PATCH", "/me", json={"bio": "Writes about days."}, token=alice.token)
+    assert changed.status_code == 200
+    assert profile(api, "alice")["bio"] == "Writes about days."
     assert api.call("delete-post", "DELETE", f"/{post['id']}", token=alice.token).status_code == 204
     seen = profile(api, "alice")
     assert seen["posts_count"] == 0 and seen["sentiment_summary"]["posts"] == 0

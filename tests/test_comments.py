@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import pytest
 
 from minitwitter import cache, db, jobs
 from tests.api import Account, Api
+from tests.conftest import eventually
 from tests.test_posts import TS, assert_clean_error, create, ids_of, links, walk_pages
 
 
@@ -71,6 +73,85 @@ def test_add_comment_idempotency_key_and_callback(api: Api) -> None:
     other = create(api, alice, "other")
     assert api.call("add-comment", "POST", f"/{other['id']}", json={"content": "x"}, token=alice.token,
                     headers=headers).status_code == 201
+
+
+@pytest.mark.parametrize("key", ["x" * 256, "caf\u00e9", "tab\there", "   "])
+def test_add_comment_invalid_idempotency_key_is_400(api: Api, key: str) -> None:
+    alice = api.account("alice")
+    post = create(api, alice)
+    response = api.call("add-comment", "POST", f"/{post['id']}", json={"content": "x"}, token=alice.token,
+                        headers={"Idempotency-Key": key.encode("utf-8").decode("latin-1")})
+    assert_clean_error(response, 400)
+    assert "Idempotency-Key" in response.json["details"]
+    assert db.scalar("SELECT count(*) FROM comments") == 0
+
+
+def test_concurrent_comment_retries_with_one_key_create_one_comment(api: Api) -> None:
+    alice = api.account("alice")
+    post = create(api, alice)
+    results: list[Any] = []
+
+    def send() -> None:
+        results.append(api.call("add-comment", "POST", f"/{post['id']}", json={"content": "race"},
+                                token=alice.token, headers={"Idempotency-Key": "same"}))
+        db.close_connection()
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in results) == [200] * 5 + [201]
+    assert len({r.json["id"] for r in results}) == 1
+    assert db.scalar("SELECT count(*) FROM comments") == 1
+    assert api.call("get-post", "GET", f"/{post['id']}").json["comments_count"] == 1
+
+
+def test_idempotency_key_of_a_deleted_comment_is_409(api: Api) -> None:
+    alice = api.account("alice")
+    post = create(api, alice)
+    made = comment(api, alice, post["id"], headers={"Idempotency-Key": "gone"})
+    assert api.call("add-comment", "DELETE", f"/{post['id']}/{made['id']}", token=alice.token).status_code == 204
+    again = api.call("add-comment", "POST", f"/{post['id']}", json={"content": "nice"}, token=alice.token,
+                     headers={"Idempotency-Key": "gone"})
+    assert_clean_error(again, 409)
+    assert "Idempotency-Key" in again.json["details"]
+    assert db.scalar("SELECT count(*) FROM comments") == 0
+
+
+def test_comment_pagination_stays_correct_while_comments_are_added(api: Api) -> None:
+    """Walking a post's comments oldest first while others comment: no comment is skipped or
+    repeated, and the walk ends with every comment up to the last one it saw."""
+    alice, bob = api.account("alice"), api.account("bob")
+    post = create(api, alice)
+    db.run("INSERT INTO comments (post_id, author_id, content) SELECT :p, :a, 'c' || g "
+           "FROM generate_series(1, 60) g", p=int(post["id"]), a=int(alice.id))
+    stop = threading.Event()
+    added: list[int] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                added.append(int(comment(api, bob, post["id"], "concurrent")["id"]))
+        finally:
+            db.close_connection()
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        eventually(lambda: added)  # the walk starts while comments are being added
+        first = api.call("list-comments", "GET", f"/{post['id']}", query={"limit": 7})
+        seen, _ = walk_pages(api, first)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert seen == sorted(seen) and len(seen) == len(set(seen))
+    every = [row[0] for row in db.run("SELECT id FROM comments WHERE post_id = :p ORDER BY id",
+                                      p=int(post["id"]))]
+    assert seen == [i for i in every if i <= seen[-1]]
+    assert any(i in seen for i in added)  # the walk reached comments added during it
 
 
 @pytest.mark.parametrize("who", ["anonymous", "other", "post_author", "owner"])

@@ -137,6 +137,48 @@ def test_migrate_is_idempotent():
     assert migrate.migrate() == []
 
 
+def test_the_schema_guards_relations_and_indexes_every_list_query(config):
+    """What the API's checks rely on, enforced by PostgreSQL itself: nobody follows themself,
+    a like or follow exists once, usernames are lower-case and unique, deleting an account
+    cascades to everything it owns; and each list query has its index."""
+    alice, bob = (db.scalar("INSERT INTO users (username, password_hash) VALUES (:u, 'x') RETURNING id", u=u)
+                  for u in ("alice", "bob"))
+    with pytest.raises(errors.ValidationFailed) as self_follow:
+        db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:a, :a)", a=alice)
+    assert self_follow.value.details == {"constraint": ["follows_not_self"]}
+    with pytest.raises(errors.ValidationFailed):  # stored lower-case, so unique whatever the case
+        db.run("INSERT INTO users (username, password_hash) VALUES ('ALICE', 'x')")
+    with pytest.raises(errors.Conflict):
+        db.run("INSERT INTO users (username, password_hash) VALUES ('alice', 'x')")
+    db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:b, :a)", a=alice, b=bob)
+    with pytest.raises(errors.Conflict):
+        db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:b, :a)", a=alice, b=bob)
+    post = db.scalar("INSERT INTO posts (author_id, content) VALUES (:a, 'hi') RETURNING id", a=alice)
+    db.run("INSERT INTO likes (post_id, user_id) VALUES (:p, :b)", p=post, b=bob)
+    with pytest.raises(errors.Conflict):
+        db.run("INSERT INTO likes (post_id, user_id) VALUES (:p, :b)", p=post, b=bob)
+    db.run("INSERT INTO comments (post_id, author_id, content) VALUES (:p, :b, 'c')", p=post, b=bob)
+    db.run("DELETE FROM users WHERE id = :a", a=alice)
+    assert [db.scalar(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed table names
+            for table in ("posts", "likes", "comments", "follows")] == [0, 0, 0, 0]
+    indexes = {row[0]: row[1] for row in db.run(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")}
+    expected = {
+        "posts_pkey": "(id)",                                   # the public timeline, newest first
+        "posts_author_idx": "(author_id, id DESC)",             # author= and the home timeline
+        "posts_label_idx": "(sentiment_label, id DESC)",        # sentiment=
+        "posts_search_idx": "USING gin (search)",               # q= (full text)
+        "comments_post_idx": "(post_id, id)",                   # list-comments, oldest first
+        "follows_pkey": "(follower_id, followee_id)",           # whom an account follows
+        "follows_followee_idx": "(followee_id, follower_id)",   # followers (fan-out, counts)
+        "likes_pkey": "(post_id, user_id)",
+        "likes_user_idx": "(user_id, post_id)",                 # the viewer's likes on a page
+        "users_username_lower_key": "(lower(username))",
+    }
+    for name, columns in expected.items():
+        assert columns in indexes.get(name, ""), (name, indexes.get(name))
+
+
 # --- HTTP boundary ---------------------------------------------------------------------------
 
 @endpoint("probe", ["POST"])

@@ -35,7 +35,7 @@ from werkzeug.wrappers import Request
 
 from minitwitter import cache, jobs
 from minitwitter.config import REPO_ROOT, Config, set_config
-from tests.api import Account, Api
+from tests.api import PASSWORD, Account, Api
 from tests.callback_receiver import Receiver
 from tests.conftest import eventually
 
@@ -432,6 +432,79 @@ def test_comments(checked: Checked, api: Api) -> None:
     checked.call("add-comment", "DELETE", f"/{pid}/{comment['id']}", token=alice.token, status=404)
     checked.call("add-comment", "DELETE", f"/{pid}/{comment['id']}", token=bob.token, status=204,
                  valid_request=True)
+
+
+# --- error paths every function shares --------------------------------------------------------
+
+def test_every_function_answers_503_while_postgresql_is_down(checked: Checked, api: Api,
+                                                             config: Config) -> None:
+    """PostgreSQL unreachable (and nothing cached in Redis): every API function answers the
+    documented 503 with ``Retry-After`` and the error body, never a driver message."""
+    from gateway.embedded import free_port
+    from minitwitter import db
+
+    alice, bob = api.account("alice"), api.account("bob")
+    pid = new_post(checked, alice)["id"]
+    cache.client().flushdb()  # nothing may be answered from the cache
+    set_config(config.with_overrides(
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", db_connect_timeout=1.0))
+    db.close_connection()
+    calls: list[tuple[str, str, str, dict[str, Any]]] = [
+        ("register", "POST", "/", {"json": {"username": "carol", "password": PASSWORD}}),
+        ("login", "POST", "/", {"json": {"username": "alice", "password": PASSWORD}}),
+        ("get-user", "GET", "/alice", {}),
+        ("update-user", "PATCH", "/me", {"json": {"display_name": "Alice"}, "token": alice.token}),
+        ("follow-user", "POST", "/alice", {"token": bob.token}),
+        ("create-post", "POST", "/", {"json": {"content": "hello"}, "token": alice.token}),
+        ("get-post", "GET", f"/{pid}", {}),
+        ("update-post", "PATCH", f"/{pid}", {"json": {"content": "edited"}, "token": alice.token}),
+        ("delete-post", "DELETE", f"/{pid}", {"token": alice.token}),
+        ("list-posts", "GET", "/", {}),
+        ("home-timeline", "GET", "/", {"token": bob.token}),
+        ("like-post", "POST", f"/{pid}", {"token": bob.token}),
+        ("add-comment", "POST", f"/{pid}", {"json": {"content": "nice"}, "token": bob.token}),
+        ("list-comments", "GET", f"/{pid}", {}),
+    ]
+    for function, method, path, kwargs in calls:
+        response = checked.call(function, method, path, status=503, **kwargs)
+        assert int(response.headers["Retry-After"]) > 0, function
+        assert set(response.json) == {"error", "details"}, function
+
+
+@pytest.mark.parametrize(("function", "method", "path"), [
+    ("register", "POST", "/"), ("login", "POST", "/"), ("update-user", "PATCH", "/me"),
+    ("create-post", "POST", "/"), ("update-post", "PATCH", "/{post}"), ("update-post", "PUT", "/{post}"),
+    ("add-comment", "POST", "/{post}"),
+])
+def test_every_body_is_checked_before_use(checked: Checked, api: Api, config: Config,
+                                          function: str, method: str, path: str) -> None:
+    """Each function that reads a JSON body answers 400 for one that does not parse or is not
+    an object, and 413 for one over ``MAX_BODY_BYTES``, as documented."""
+    alice = api.account("alice")
+    path = path.format(post=new_post(checked, alice)["id"])
+    json_type = {"Content-Type": "application/json"}
+    for body in (b"{not json", b"[1, 2]", b'"text"'):
+        response = checked.call(function, method, path, data=body, headers=json_type,
+                                token=alice.token, status=400)
+        assert response.json["error"], body
+    checked.call(function, method, path, data=b" " * (config.max_body_bytes + 1), headers=json_type,
+                 token=alice.token, status=413)
+
+
+def test_paths_a_function_does_not_have_are_404(checked: Checked, api: Api) -> None:
+    """Paths the document does not list answer the error body's 404, not the function's work."""
+    alice = api.account("alice")
+    for function, method, path, token in (("create-post", "POST", "/extra", alice.token),
+                                          ("list-posts", "GET", "/extra", None),
+                                          ("home-timeline", "GET", "/extra", alice.token),
+                                          ("get-user", "GET", "/alice/extra", None)):
+        response = api.call(function, method, path, json={"content": "x"} if method == "POST" else None,
+                            token=token)
+        assert response.status_code == 404, function
+        assert set(response.json) == {"error", "details"}
+    assert api.call("list-posts").json == []  # nothing was created
+    pid = new_post(checked, alice)["id"]
+    checked.call("list-comments", "GET", f"/{pid}", token="not-a-token", status=401)
 
 
 # --- sentiment ----------------------------------------------------------------------------

@@ -95,6 +95,29 @@ def test_pending_to_labelled_with_signed_callbacks(config: Config, start_workers
     assert db.scalar("SELECT count(*) FROM sentiment_callbacks") == 0
 
 
+def test_an_edited_post_is_analysed_again(api: Any, start_workers: Any) -> None:
+    """update-post through the API: the post goes back to pending, the real workers analyse the
+    new text, and get-post shows the new verdict (the old one never comes back)."""
+    start_workers(**FAST)
+    alice = api.account("alice")
+    created = api.call("create-post", "POST", json={"content": "What a wonderful, happy day!"},
+                       token=alice.token).json
+    pid = created["id"]
+
+    def sentiment() -> dict[str, Any]:
+        return api.call("get-post", "GET", f"/{pid}").json["sentiment"]
+
+    eventually(lambda: sentiment()["status"] == "done", 20)
+    assert sentiment()["label"] == "positive"
+    edited = api.call("update-post", "PATCH", f"/{pid}", json={"content": "This is awful, I hate it."},
+                      token=alice.token)
+    assert edited.status_code == 200 and edited.json["edited_at"]
+    assert edited.json["sentiment"] == {"status": "pending", "label": None, "score": None, "model": None}
+    eventually(lambda: sentiment()["status"] == "done", 20)
+    assert sentiment()["label"] == "negative"
+    assert sentiment_row("post", int(pid))["version"] == 2
+
+
 def test_callbacks_are_retried_after_receiver_errors(config: Config, start_workers: Any) -> None:
     start_workers(**FAST)
     with Receiver(fail_first=2) as receiver:

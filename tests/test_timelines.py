@@ -3,6 +3,7 @@ when missing, and served from PostgreSQL past the trimmed feed."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from rq import Queue, SimpleWorker
 
 from minitwitter import cache, db, feed
 from tests.api import Account, Api
+from tests.conftest import eventually
 from tests.test_posts import assert_clean_error, create, ids_of, seed, walk_pages
 
 
@@ -158,6 +160,44 @@ def test_home_pagination_and_trimmed_feed_falls_back_to_postgres(api: Api, monke
     assert home(api, bob, since_id=posts[3], limit=2) == posts[0:2]
 
 
+def test_home_pagination_stays_correct_while_posts_are_inserted(api: Api) -> None:
+    """Paging the home timeline down while its owner keeps posting: no post is skipped or
+    repeated; the pages hold exactly the own and followed posts up to the first page's newest."""
+    alice, bob, carol = api.account("alice"), api.account("bob"), api.account("carol")
+    follow(api, bob, alice)
+    seed(int(alice.id), 40)
+    seed(int(bob.id), 20)
+    seed(int(carol.id), 20)  # not followed: never on bob's pages
+    stop = threading.Event()
+    added: list[int] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                added.append(int(create(api, bob, "concurrent")["id"]))
+        finally:
+            db.close_connection()
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        eventually(lambda: added)  # the walk starts while posts are being created
+        first = api.call("home-timeline", "GET", "/", token=bob.token, query={"limit": 7})
+        top = ids_of(first)[0]
+        seen, _ = walk_pages(api, first, token=bob.token)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen))
+    expected = [row[0] for row in db.run(
+        "SELECT id FROM posts WHERE author_id IN (:a, :b) AND id <= :top ORDER BY id DESC",
+        a=int(alice.id), b=int(bob.id), top=top)]
+    assert seen == expected
+    assert any(i in seen for i in added)
+
+
 @pytest.mark.parametrize("query", [{"limit": "0"}, {"max_id": "x"}, {"since_id": "-1"}])
 def test_home_bad_parameters_are_400(api: Api, query: dict[str, str]) -> None:
     alice = api.account("alice")
@@ -169,8 +209,9 @@ def test_home_requires_a_token(api: Api) -> None:
     assert_clean_error(api.call("home-timeline", "GET", "/", token="bad"), 401)
 
 
-def test_home_without_redis_feed_matches_sql(api: Api) -> None:
-    """The SQL path (Redis down) and the feed path give the same pages."""
+def test_home_feed_matches_sql(api: Api) -> None:
+    """The feed kept in Redis gives the same page as the SQL the home timeline falls back to
+    (a missing feed; Redis down is tests/test_redis_down.py's)."""
     alice, bob = api.account("alice"), api.account("bob")
     follow(api, bob, alice)
     seed(int(alice.id), 12)
