@@ -39,7 +39,7 @@ import functions_framework
 
 from minitwitter import db, errors
 from minitwitter.config import REPO_ROOT, Config, load_config
-from minitwitter.runtime import CrashGuard, DirectEndpoint, endpoint_handler
+from minitwitter.runtime import CrashGuard, DirectEndpoint, endpoint_handler, refreeze_loaded_objects
 
 from .stack import StackFunction, stack_functions
 
@@ -241,6 +241,7 @@ class Registry:
                 if hosted is None or hosted.generation != generation:
                     hosted = self._load(name, generation, spec, replicas, created)
                     self._hosted[name] = hosted
+                    refreeze_loaded_objects()  # the replaced code, if any, can go
         hosted.replicas = replicas
         return hosted
 

@@ -179,6 +179,36 @@ def test_the_schema_guards_relations_and_indexes_every_list_query(config):
         assert columns in indexes.get(name, ""), (name, indexes.get(name))
 
 
+FREEZE_SCRIPT = """
+import gc, weakref
+from minitwitter.runtime import freeze_loaded_objects, refreeze_loaded_objects
+refreeze_loaded_objects()
+print(gc.get_freeze_count())              # 0: a process that never froze stays unfrozen
+class Node: pass
+node = Node(); node.me = node             # a cycle, as a module and its functions are
+ref = weakref.ref(node)
+freeze_loaded_objects()
+del node
+gc.collect()
+print(ref() is not None)                  # frozen: a full collection leaves it alone
+refreeze_loaded_objects()
+print(ref() is None, gc.get_freeze_count() > 1000)
+"""
+
+
+@pytest.mark.no_stores
+def test_frozen_objects_are_skipped_until_a_refreeze_reclaims_the_dropped_ones():
+    """What the gateway freezes after loading is out of the collector's reach; a function
+    replaced later (a redeploy) is reclaimed by the refreeze that follows its reload."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "shared")}
+    done = subprocess.run([sys.executable, "-c", FREEZE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["0", "True", "True", "True"]
+
+
 # --- HTTP boundary ---------------------------------------------------------------------------
 
 @endpoint("probe", ["POST"])

@@ -165,3 +165,15 @@ def freeze_loaded_objects() -> None:
     """
     gc.collect()  # what loading left as garbage goes now, not into the frozen set
     gc.freeze()
+
+
+def refreeze_loaded_objects() -> None:
+    """After loading more while serving (a function deployed, or replaced by a redeploy): let
+    the collector reclaim what the replaced code left (frozen objects are never reclaimed), then
+    freeze again, new code included. One full collection, paid by the request that loaded the
+    function; nothing in a process that never froze (the tests' own).
+    """
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        freeze_loaded_objects()
+
