@@ -13,10 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pg8000.native
@@ -233,6 +235,57 @@ def start_workers(stores: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     yield start
     for workers in running:
         workers.stop()
+
+
+T = TypeVar("T")
+
+
+def at_once(call: Callable[[], T], times: int) -> list[T]:
+    """Run ``call`` on ``times`` threads at once; their results (each thread closes its own
+    database connection when done)."""
+    results: list[T] = []
+
+    def run() -> None:
+        try:
+            results.append(call())
+        finally:
+            db.close_connection()
+
+    for t in started(run, times):
+        t.join()
+    return results
+
+
+def started(target: Callable[[], None], count: int) -> list[threading.Thread]:
+    """``count`` threads running ``target``, started."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+@contextmanager
+def writing_meanwhile(write: Callable[[], int], threads: int = 2) -> Iterator[list[int]]:
+    """Run ``write`` in a loop on ``threads`` threads for the duration of the block, which
+    starts once a first write has landed; yields the ids written (the list grows meanwhile)."""
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                written.append(write())
+        finally:
+            db.close_connection()
+
+    running = started(writer, threads)
+    try:
+        eventually(lambda: written)
+        yield written
+    finally:
+        stop.set()
+        for t in running:
+            t.join()
 
 
 def eventually(check: Any, timeout: float = 15.0, interval: float = 0.1) -> Any:

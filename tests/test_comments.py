@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any
 
 import pytest
 
 from minitwitter import cache, db, jobs
 from tests.api import Account, Api
-from tests.conftest import eventually
+from tests.conftest import at_once, writing_meanwhile
 from tests.test_posts import TS, assert_clean_error, create, ids_of, links, walk_pages
 
 
@@ -89,18 +88,8 @@ def test_add_comment_invalid_idempotency_key_is_400(api: Api, key: str) -> None:
 def test_concurrent_comment_retries_with_one_key_create_one_comment(api: Api) -> None:
     alice = api.account("alice")
     post = create(api, alice)
-    results: list[Any] = []
-
-    def send() -> None:
-        results.append(api.call("add-comment", "POST", f"/{post['id']}", json={"content": "race"},
-                                token=alice.token, headers={"Idempotency-Key": "same"}))
-        db.close_connection()
-
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(lambda: api.call("add-comment", "POST", f"/{post['id']}", json={"content": "race"},
+                                       token=alice.token, headers={"Idempotency-Key": "same"}), 6)
     assert sorted(r.status_code for r in results) == [200] * 5 + [201]
     assert len({r.json["id"] for r in results}) == 1
     assert db.scalar("SELECT count(*) FROM comments") == 1
@@ -126,27 +115,9 @@ def test_comment_pagination_stays_correct_while_comments_are_added(api: Api) -> 
     post = create(api, alice)
     db.run("INSERT INTO comments (post_id, author_id, content) SELECT :p, :a, 'c' || g "
            "FROM generate_series(1, 60) g", p=int(post["id"]), a=int(alice.id))
-    stop = threading.Event()
-    added: list[int] = []
-
-    def writer() -> None:
-        try:
-            while not stop.is_set():
-                added.append(int(comment(api, bob, post["id"], "concurrent")["id"]))
-        finally:
-            db.close_connection()
-
-    threads = [threading.Thread(target=writer) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        eventually(lambda: added)  # the walk starts while comments are being added
+    with writing_meanwhile(lambda: int(comment(api, bob, post["id"], "concurrent")["id"])) as added:
         first = api.call("list-comments", "GET", f"/{post['id']}", query={"limit": 7})
         seen, _ = walk_pages(api, first)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert seen == sorted(seen) and len(seen) == len(set(seen))
     every = [row[0] for row in db.run("SELECT id FROM comments WHERE post_id = :p ORDER BY id",
                                       p=int(post["id"]))]

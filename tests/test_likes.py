@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import pytest
 
 from minitwitter import db
 from tests.api import Api
+from tests.conftest import at_once
 from tests.test_posts import assert_clean_error, create
 
 
@@ -34,17 +32,7 @@ def test_like_and_unlike_are_idempotent(api: Api) -> None:
 def test_concurrent_likes_count_once_per_account(api: Api) -> None:
     alice = api.account("alice")
     post = create(api, alice)
-    results: list[Any] = []
-
-    def like() -> None:
-        results.append(api.call("like-post", "POST", f"/{post['id']}", token=alice.token).status_code)
-        db.close_connection()
-
-    threads = [threading.Thread(target=like) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(lambda: api.call("like-post", "POST", f"/{post['id']}", token=alice.token).status_code, 8)
     assert results == [200] * 8
     assert db.scalar("SELECT likes_count FROM posts WHERE id = :id", id=int(post["id"])) == 1
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any
 
 import pytest
 
 from minitwitter import cache, db, jobs, posts
 from tests.api import Account, Api
+from tests.conftest import at_once, writing_meanwhile
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SQL_WORDS = ("SELECT", "INSERT", "UPDATE ", "DELETE FROM", "violates", "psycopg", "pg8000")
@@ -134,18 +134,8 @@ def test_idempotency_key_replays_the_original_post(api: Api) -> None:
 
 def test_concurrent_retries_with_one_key_create_one_post(api: Api) -> None:
     alice = api.account("alice")
-    results: list[Any] = []
-
-    def send() -> None:
-        results.append(api.call("create-post", "POST", json={"content": "race"}, token=alice.token,
-                                headers={"Idempotency-Key": "same"}))
-        db.close_connection()
-
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(lambda: api.call("create-post", "POST", json={"content": "race"}, token=alice.token,
+                                       headers={"Idempotency-Key": "same"}), 6)
     assert sorted(r.status_code for r in results) == [200] * 5 + [201]
     assert len({r.json["id"] for r in results}) == 1
     assert db.scalar("SELECT count(*) FROM posts") == 1
@@ -424,35 +414,10 @@ def test_pagination_stays_correct_while_posts_are_inserted(api: Api) -> None:
     """Paging with max_id while other threads insert: no post is skipped or repeated."""
     alice = api.account("alice")
     initial = seed(int(alice.id), 150)
-    stop = threading.Event()
-    inserted: list[int] = []
-
-    def writer() -> None:
-        try:
-            while not stop.is_set():
-                post = api.call("create-post", "POST", json={"content": "concurrent"}, token=alice.token)
-                assert post.status_code == 201
-                inserted.append(int(post.json["id"]))
-        finally:
-            db.close_connection()
-
-    threads = [threading.Thread(target=writer) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        seen: list[int] = []
-        response = api.call("list-posts", "GET", "/", query={"limit": 7})
-        top = ids_of(response)[0]
-        while True:
-            seen += ids_of(response)
-            if "next" not in links(response):
-                break
-            response = follow_link(api, links(response)["next"])
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert inserted, "the writers inserted nothing while paging"
+    with writing_meanwhile(lambda: int(create(api, alice, "concurrent")["id"])) as inserted:
+        first = api.call("list-posts", "GET", "/", query={"limit": 7})
+        top = ids_of(first)[0]
+        seen, _ = walk_pages(api, first)
     assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen))
     # exactly the posts that existed at or below the first page's newest id, in order
     expected = sorted((i for i in initial + inserted if i <= top), reverse=True)

@@ -3,7 +3,6 @@ when missing, and served from PostgreSQL past the trimmed feed."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ from rq import Queue, SimpleWorker
 
 from minitwitter import cache, db, feed
 from tests.api import Account, Api
-from tests.conftest import eventually
+from tests.conftest import writing_meanwhile
 from tests.test_posts import assert_clean_error, create, ids_of, seed, walk_pages
 
 
@@ -168,28 +167,10 @@ def test_home_pagination_stays_correct_while_posts_are_inserted(api: Api) -> Non
     seed(int(alice.id), 40)
     seed(int(bob.id), 20)
     seed(int(carol.id), 20)  # not followed: never on bob's pages
-    stop = threading.Event()
-    added: list[int] = []
-
-    def writer() -> None:
-        try:
-            while not stop.is_set():
-                added.append(int(create(api, bob, "concurrent")["id"]))
-        finally:
-            db.close_connection()
-
-    threads = [threading.Thread(target=writer) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        eventually(lambda: added)  # the walk starts while posts are being created
+    with writing_meanwhile(lambda: int(create(api, bob, "concurrent")["id"])) as added:
         first = api.call("home-timeline", "GET", "/", token=bob.token, query={"limit": 7})
         top = ids_of(first)[0]
         seen, _ = walk_pages(api, first, token=bob.token)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen))
     expected = [row[0] for row in db.run(
         "SELECT id FROM posts WHERE author_id IN (:a, :b) AND id <= :top ORDER BY id DESC",
