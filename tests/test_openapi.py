@@ -432,6 +432,11 @@ def test_comments(checked: Checked, api: Api) -> None:
     checked.call("add-comment", "DELETE", f"/{pid}/{comment['id']}", token=alice.token, status=404)
     checked.call("add-comment", "DELETE", f"/{pid}/{comment['id']}", token=bob.token, status=204,
                  valid_request=True)
+    # its Idempotency-Key now names a comment that is gone
+    checked.call("add-comment", "POST", f"/{pid}", json={"content": "nice"}, headers=key,
+                 token=bob.token, status=409)
+    checked.call("add-comment", "POST", f"/{pid}", json={"content": "nice"},
+                 headers={"Idempotency-Key": "x" * 256}, token=bob.token, status=400)
 
 
 # --- error paths every function shares --------------------------------------------------------
