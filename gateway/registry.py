@@ -39,7 +39,7 @@ import functions_framework
 
 from minitwitter import db, errors
 from minitwitter.config import REPO_ROOT, Config, load_config
-from minitwitter.runtime import CrashGuard, DirectEndpoint, endpoint_handler, refreeze_loaded_objects
+from minitwitter.runtime import CrashGuard, DirectEndpoint, endpoint_handler, refreeze_when_due, thaw_replaced_code
 
 from .stack import StackFunction, stack_functions
 
@@ -239,9 +239,12 @@ class Registry:
             with self._lock:
                 hosted = self._hosted.get(name)
                 if hosted is None or hosted.generation != generation:
+                    replaced = hosted is not None
                     hosted = self._load(name, generation, spec, replicas, created)
                     self._hosted[name] = hosted
-                    refreeze_loaded_objects()  # the replaced code, if any, can go
+                    if replaced:
+                        thaw_replaced_code()  # the old code can go
+        refreeze_when_due()
         hosted.replicas = replicas
         return hosted
 

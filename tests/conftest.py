@@ -267,7 +267,11 @@ def started(target: Callable[[], None], count: int) -> list[threading.Thread]:
 @contextmanager
 def writing_meanwhile(write: Callable[[], int], threads: int = 2) -> Iterator[list[int]]:
     """Run ``write`` in a loop on ``threads`` threads for the duration of the block, which
-    starts once a first write has landed; yields the ids written (the list grows meanwhile)."""
+    starts once a first write has landed; yields the ids written (the list grows meanwhile).
+
+    With one thread, ids become visible in the order they were given; with more, a higher id
+    can show before a lower one (each write's cache update follows its own commit).
+    """
     stop = threading.Event()
     written: list[int] = []
 

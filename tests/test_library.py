@@ -158,9 +158,14 @@ def test_the_schema_guards_relations_and_indexes_every_list_query(config):
     with pytest.raises(errors.Conflict):
         db.run("INSERT INTO likes (post_id, user_id) VALUES (:p, :b)", p=post, b=bob)
     db.run("INSERT INTO comments (post_id, author_id, content) VALUES (:p, :b, 'c')", p=post, b=bob)
+    # and alice's own activity on bob's post, and her following him
+    bobs = db.scalar("INSERT INTO posts (author_id, content) VALUES (:b, 'yo') RETURNING id", b=bob)
+    db.run("INSERT INTO likes (post_id, user_id) VALUES (:p, :a)", p=bobs, a=alice)
+    db.run("INSERT INTO comments (post_id, author_id, content) VALUES (:p, :a, 'c')", p=bobs, a=alice)
+    db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:a, :b)", a=alice, b=bob)
     db.run("DELETE FROM users WHERE id = :a", a=alice)
     assert [db.scalar(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed table names
-            for table in ("posts", "likes", "comments", "follows")] == [0, 0, 0, 0]
+            for table in ("posts", "likes", "comments", "follows")] == [1, 0, 0, 0]  # bob's post stays
     indexes = {row[0]: row[1] for row in db.run(
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")}
     expected = {
@@ -177,36 +182,72 @@ def test_the_schema_guards_relations_and_indexes_every_list_query(config):
     }
     for name, columns in expected.items():
         assert columns in indexes.get(name, ""), (name, indexes.get(name))
+    assert indexes["users_username_lower_key"].startswith("CREATE UNIQUE INDEX")
 
 
 FREEZE_SCRIPT = """
-import gc, weakref
-from minitwitter.runtime import freeze_loaded_objects, refreeze_loaded_objects
-refreeze_loaded_objects()
+import gc, time, weakref
+from minitwitter import runtime
+runtime.thaw_replaced_code()
 print(gc.get_freeze_count())              # 0: a process that never froze stays unfrozen
 class Node: pass
 node = Node(); node.me = node             # a cycle, as a module and its functions are
 ref = weakref.ref(node)
-freeze_loaded_objects()
+runtime.freeze_loaded_objects()
 del node
 gc.collect()
 print(ref() is not None)                  # frozen: a full collection leaves it alone
-refreeze_loaded_objects()
+runtime.REFREEZE_DELAY = 0.3
+runtime.thaw_replaced_code()
+runtime.refreeze_when_due()
+print(gc.get_freeze_count() == 0)         # not due yet
+time.sleep(0.4)
+runtime.refreeze_when_due()
 print(ref() is None, gc.get_freeze_count() > 1000)
 """
 
 
 @pytest.mark.no_stores
-def test_frozen_objects_are_skipped_until_a_refreeze_reclaims_the_dropped_ones():
-    """What the gateway freezes after loading is out of the collector's reach; a function
-    replaced later (a redeploy) is reclaimed by the refreeze that follows its reload."""
+def test_frozen_cycles_stay_until_a_thaw_and_the_refreeze_after_it():
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "shared")}
     done = subprocess.run([sys.executable, "-c", FREEZE_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=60, check=True)
-    assert done.stdout.split() == ["0", "True", "True", "True"]
+    assert done.stdout.split() == ["0", "True", "True", "True", "True"]
+
+
+def test_a_redeployed_function_is_reclaimed_by_the_refreeze(config, monkeypatch):
+    """A redeploy replaces a function loaded (and frozen) at start-up: the registry thaws, and
+    the refreeze on a request after REFREEZE_DELAY collects the old code, a reference cycle."""
+    import gc
+    import weakref
+
+    from gateway.registry import Registry
+    from minitwitter import runtime
+
+    monkeypatch.setattr(runtime, "REFREEZE_DELAY", 0.0)
+    cfg = config.with_overrides(gateway_state_ttl=0.0,
+                                stack_file=str(Path(__file__).parent / "fixtures" / "stack.yml"))
+    db.run("DELETE FROM gateway_functions")
+    registry = Registry(cfg)
+    registry.seed()
+    old = registry.get("echo")
+    assert old is not None
+    old_app = weakref.ref(old.app.app)
+    del old
+    runtime.freeze_loaded_objects()
+    try:
+        registry.seed(redeploy=True)  # a new generation of every function
+        gc.collect()
+        assert old_app() is not None  # still loaded, and frozen
+        assert registry.get("echo") is not None  # the new code; the old one is thawed ...
+        assert gc.get_freeze_count() > 0  # ... and frozen again, less the old code
+        assert old_app() is None
+    finally:
+        gc.unfreeze()
+        db.run("DELETE FROM gateway_functions")
 
 
 # --- HTTP boundary ---------------------------------------------------------------------------

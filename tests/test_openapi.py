@@ -479,7 +479,7 @@ def test_every_function_answers_503_while_postgresql_is_down(checked: Checked, a
 @pytest.mark.parametrize(("function", "method", "path"), [
     ("register", "POST", "/"), ("login", "POST", "/"), ("update-user", "PATCH", "/me"),
     ("create-post", "POST", "/"), ("update-post", "PATCH", "/{post}"), ("update-post", "PUT", "/{post}"),
-    ("add-comment", "POST", "/{post}"),
+    ("add-comment", "POST", "/{post}"), ("analyze-sentiment", "POST", "/"),
 ])
 def test_every_body_is_checked_before_use(checked: Checked, api: Api, config: Config,
                                           function: str, method: str, path: str) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -151,9 +153,15 @@ def _final(headers: list[tuple[str, str]]) -> bool:
     return sized
 
 
+#: Seconds between a function's replacement and the refreeze that reclaims the old code.
+REFREEZE_DELAY = 5.0
+_refreeze_due: float | None = None
+_refreezing = threading.Lock()
+
+
 def freeze_loaded_objects() -> None:
     """Hide every object that exists now (the imported modules, the loaded functions) from the
-    cyclic garbage collector for the rest of the process's life (:func:`gc.freeze`).
+    cyclic garbage collector (:func:`gc.freeze`) until :func:`thaw_replaced_code`.
 
     The local gateway's server workers, the queue workers and the template's function
     processes call it once loading is done. A loaded gateway worker holds ~75,000 tracked
@@ -161,19 +169,34 @@ def freeze_loaded_objects() -> None:
     them all: 25 ms on an idle 2-core VM, 30-70 ms under load, every ~15,000 requests, stalling
     every request of that process meanwhile, which made the p99 latency of the reads 15-30 ms
     while their p50 was ~1 ms. Frozen, they are never scanned; what requests allocate is
-    collected as before.
+    collected as before. Frozen objects are still freed by reference counting, but garbage in
+    reference cycles among them (a module and its functions) stays until they are unfrozen.
     """
+    global _refreeze_due
     gc.collect()  # what loading left as garbage goes now, not into the frozen set
     gc.freeze()
+    _refreeze_due = None
 
 
-def refreeze_loaded_objects() -> None:
-    """After loading more while serving (a function deployed, or replaced by a redeploy): let
-    the collector reclaim what the replaced code left (frozen objects are never reclaimed), then
-    freeze again, new code included. One full collection, paid by the request that loaded the
-    function; nothing in a process that never froze (the tests' own).
-    """
+def thaw_replaced_code() -> None:
+    """A loaded function was replaced (a redeploy): unfreeze, so that the old code, a reference
+    cycle, can be reclaimed, and have :func:`refreeze_when_due` freeze again
+    :data:`REFREEZE_DELAY` seconds later. The delay lets the old code's calls in flight finish
+    and makes a whole-stack redeploy cost one full collection, not one per function. Nothing in
+    a process that never froze (the tests' own)."""
+    global _refreeze_due
     if gc.get_freeze_count():
         gc.unfreeze()
-        freeze_loaded_objects()
+        _refreeze_due = time.monotonic() + REFREEZE_DELAY
 
+
+def refreeze_when_due() -> None:
+    """Collect and freeze again once a :func:`thaw_replaced_code` delay has passed (on every
+    request: a comparison while nothing is due)."""
+    due = _refreeze_due
+    if due is not None and time.monotonic() >= due and _refreezing.acquire(blocking=False):
+        try:
+            if _refreeze_due is not None:
+                freeze_loaded_objects()
+        finally:
+            _refreezing.release()
