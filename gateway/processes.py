@@ -33,6 +33,14 @@ def stop_on_signals_while_loading() -> None:
     function). A SIGTERM in that window ran the inherited handler and was lost: the worker then
     served on after a shutdown, and the main process waited for it until its kill timeout
     (reproduced by stopping the gateway right after it answered /healthz: 2 runs in 3).
+
+    A queue worker calls it before each RQ worker it starts, because RQ installs its handlers
+    only after forking its scheduler. A handler that raises (``wait_for_redis``'s, or RQ's own
+    left from a work loop that lost Redis) could run inside that fork's at-fork hooks, where
+    Python reports the exception and carries on: the stop was lost, and logging's lock stayed
+    taken because the hook that releases it was cut short, so the worker hung in its queue wait
+    with its other threads blocked on logging (~1 run in 30 of the test that stops workers
+    right after Redis came back).
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)

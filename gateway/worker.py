@@ -21,7 +21,7 @@ from minitwitter.config import Config, get_config
 from minitwitter.runtime import freeze_loaded_objects
 
 from . import observability
-from .processes import die_with_parent, flush_at_exit
+from .processes import die_with_parent, flush_at_exit, stop_on_signals_while_loading
 
 log = logging.getLogger("minitwitter.worker")
 
@@ -49,7 +49,7 @@ def run_worker(burst: bool = False) -> None:
         if not burst:
             wait_for_redis()
         cache.reset()
-        stop_at_once_until_rq_handles_signals()
+        stop_on_signals_while_loading()  # until RQ installs its handlers, after its fork
         try:
             worker = SimpleWorker(queue_names(), connection=cache.shared_client())
             if not hooked:
@@ -86,21 +86,6 @@ def wait_for_redis() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     while not cache.ping():
         time.sleep(REDIS_RETRY_SECONDS)
-
-
-def stop_at_once_until_rq_handles_signals() -> None:
-    """SIGTERM/SIGINT end the process at once (the default action) until RQ installs its own
-    handlers, which it does after forking its scheduler process.
-
-    A handler that raises (``wait_for_redis``'s, or RQ's own left from a work loop that lost
-    Redis) could run inside that fork's at-fork hooks, where Python reports the exception and
-    carries on: the stop was lost, and logging's lock stayed taken because the hook that
-    releases it was cut short, so the worker hung in its queue wait with its other threads
-    blocked on logging (seen in ~1 run of 30 of the test that stops workers right after Redis
-    came back).
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _exit_on_signal(_signum: int, _frame: object) -> None:
