@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies.
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies; return whether the parent
+    is still alive.
 
     A parent killed with SIGKILL (an orchestrator's timeout, an operator, a test's clean-up)
     cannot pass a stop on to its children; without this they run on as orphans, serving requests
-    or taking jobs. No-op where ``prctl`` does not exist.
+    or taking jobs. The request only covers a death after it: a parent that died between the fork
+    and this call sends nothing, so a multiprocessing child whose parent is no longer the one
+    that started it gets ``False`` and must end by itself. ``prctl`` missing (not Linux) is a
+    no-op.
     """
+    import multiprocessing
+
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
-        return
+        pass
+    parent = multiprocessing.parent_process()
+    return parent is None or os.getppid() == parent.pid
 
 
 def stop_on_signals_while_loading() -> None:

@@ -92,10 +92,9 @@ def _exit_on_signal(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def supervised_worker(supervisor_pid: int) -> None:
+def supervised_worker() -> None:
     """Entry of a worker process forked by the supervisor."""
-    die_with_parent()
-    if os.getppid() != supervisor_pid:  # the supervisor died before prctl took effect
+    if not die_with_parent():  # the supervisor died before prctl took effect
         return
     flush_at_exit()  # multiprocessing ends this process with os._exit
     run_worker()
@@ -111,7 +110,7 @@ def main() -> None:
         run_worker()
         return
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=supervised_worker, args=(os.getpid(),), name=f"worker-{i}")
+    procs = [ctx.Process(target=supervised_worker, name=f"worker-{i}")
              for i in range(count)]
     for proc in procs:
         proc.start()

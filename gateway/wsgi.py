@@ -1,10 +1,10 @@
 """WSGI entry point of the gateway: ``python -m gateway.serve`` serves ``gateway.wsgi:app``.
 
 Imported once in every server worker process: it makes a stop during loading end the process
-(and asks for SIGTERM should the server process die), configures logging, has the buffered log
-lines and metric updates flushed when the worker stops, builds the Gateway, records stack.yml's
-functions as deployed (idempotent), reaps the live gauges of workers that died, and loads every
-deployed function before the worker takes traffic.
+(and asks for SIGTERM should the server process die, or ends at once if it already has),
+configures logging, has the buffered log lines and metric updates flushed when the worker stops,
+builds the Gateway, records stack.yml's functions as deployed (idempotent), reaps the live gauges
+of workers that died, and loads every deployed function before the worker takes traffic.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def preload(gateway: Gateway) -> None:
 
 
 # First, while nothing is served yet: a stop during loading must not be lost, and a worker whose
-# server process died must not serve on as an orphan.
+# server process died must not serve on as an orphan (nor load at all if it is already gone).
 stop_on_signals_while_loading()
-die_with_parent()
+if not die_with_parent():
+    raise SystemExit(0)
 config = get_config()
 logs.configure_logging("gateway")
 flush_at_exit()  # what the worker buffered when it stops

@@ -325,3 +325,21 @@ def api() -> Any:
     from tests.api import Api
 
     return Api()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid``'s main thread forked (granian and the worker supervisor fork there)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def process_running(pid: int) -> bool:
+    """True while ``pid`` exists and is neither a zombie nor dead."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "")
+    return state not in ("Z", "X")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,7 +22,7 @@ from minitwitter import db
 from minitwitter.config import REPO_ROOT, load_config, set_config
 
 from .callback_receiver import Receiver
-from .conftest import Gateway, base_env, eventually
+from .conftest import Gateway, base_env, child_pids, eventually, process_running
 
 pytestmark = pytest.mark.slow
 
@@ -419,10 +418,7 @@ def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gat
     master = gateway.proc.pid
 
     def workers() -> list[int]:
-        try:
-            return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-        except OSError:
-            return []
+        return child_pids(master)
 
     before = eventually(lambda: len(workers()) == 2 and workers(), timeout=30)
     # On Linux each granian worker binds its own SO_REUSEPORT socket once its app has loaded:
@@ -441,15 +437,6 @@ def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gat
     assert gateway.proc.poll() is None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                     if line.startswith("State:"))
-    except (OSError, StopIteration):
-        return False
-    return state.split()[1] not in ("Z", "X")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_stopping_the_server_right_after_start_leaves_no_worker_behind(start_gateway, sig):
     """SIGTERM as soon as the gateway answers (one worker may still be loading its functions:
@@ -457,11 +444,11 @@ def test_stopping_the_server_right_after_start_leaves_no_worker_behind(start_gat
     as orphans): either way every worker process is gone shortly after."""
     gateway = start_gateway(**GATEWAY_ENV)
     master = gateway.proc.pid
-    forked = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    forked = child_pids(master)
     assert forked
     os.kill(master, sig)
     gateway.proc.wait(15)
-    eventually(lambda: not any(_alive(pid) for pid in forked), timeout=15)
+    eventually(lambda: not any(process_running(pid) for pid in forked), timeout=15)
 
 
 def test_a_graceful_stop_keeps_the_log_lines_and_metrics_the_workers_buffered(start_gateway, tmp_path):

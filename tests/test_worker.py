@@ -12,24 +12,7 @@ from rq import Queue, Worker
 
 from gateway import embedded
 from minitwitter import db
-from tests.conftest import eventually
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "")
-    return state not in ("Z", "X")
+from tests.conftest import child_pids, eventually, process_running
 
 
 def test_workers_stop_when_their_supervisor_is_killed(start_workers: Any) -> None:
@@ -37,10 +20,10 @@ def test_workers_stop_when_their_supervisor_is_killed(start_workers: Any) -> Non
     running on as orphans that keep taking jobs."""
     workers = start_workers(WORKER_COUNT="2")
     supervisor = workers.proc.pid
-    forked = eventually(lambda: len(children(supervisor)) == 2 and children(supervisor), timeout=30)
+    forked = eventually(lambda: len(child_pids(supervisor)) == 2 and child_pids(supervisor), timeout=30)
     os.kill(supervisor, signal.SIGKILL)
     workers.proc.wait(10)
-    eventually(lambda: not any(running(pid) for pid in forked), timeout=30)
+    eventually(lambda: not any(process_running(pid) for pid in forked), timeout=30)
 
 
 def test_workers_started_while_redis_is_down_wait_for_it(start_workers: Any, tmp_path: Path) -> None:
@@ -50,16 +33,16 @@ def test_workers_started_while_redis_is_down_wait_for_it(start_workers: Any, tmp
     url = f"redis://127.0.0.1:{port}/0"
     workers = start_workers(WORKER_COUNT="2", REDIS_URL=url)
     supervisor = workers.proc.pid
-    forked = eventually(lambda: len(children(supervisor)) == 2 and children(supervisor), timeout=30)
+    forked = eventually(lambda: len(child_pids(supervisor)) == 2 and child_pids(supervisor), timeout=30)
     eventually(lambda: db.scalar("SELECT count(*) FROM logs WHERE message = 'waiting for Redis'"
                                  " AND ts > now() - interval '1 minute'") >= 2, timeout=30)
-    assert all(running(pid) for pid in forked)
+    assert all(process_running(pid) for pid in forked)
     server = embedded.start_redis(tmp_path / "redis", port=port, binary=embedded.system_redis_binary())
     try:
         eventually(lambda: len(Worker.all(connection=redis.Redis.from_url(url))) == 2, timeout=30)
         workers.proc.send_signal(signal.SIGTERM)
         assert workers.proc.wait(30) == 0
-        eventually(lambda: not any(running(pid) for pid in forked), timeout=10)
+        eventually(lambda: not any(process_running(pid) for pid in forked), timeout=10)
     finally:
         server.stop()
 
