@@ -8,29 +8,52 @@ import signal
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
 
+#: What Linux sends a worker when its parent dies: not SIGTERM itself, because the kernel sends
+#: it again each time the child passes to another thread of the dying parent (one signal per
+#: parent thread: 1 to 7 measured from a parent with 8 threads). granian's worker handler is not
+#: reentrant: a second SIGTERM arriving while it handled the first deadlocked it, and the worker
+#: served on as an orphan (~3 runs in 80 of killing a server process under load).
+PARENT_DIED_SIGNAL = signal.SIGUSR2
 
-def die_with_parent(sig: int = signal.SIGTERM) -> bool:
-    """Ask Linux to send ``sig`` to this process when its parent dies; return whether the parent
+_stop_requested = False
+
+
+def die_with_parent() -> bool:
+    """Have this process get exactly one SIGTERM when its parent dies; return whether the parent
     is still alive.
 
     A parent killed with SIGKILL (an orchestrator's timeout, an operator, a test's clean-up)
     cannot pass a stop on to its children; without this they run on as orphans, serving requests
-    or taking jobs. The request only covers a death after it: a parent that died between the fork
-    and this call sends nothing, so a multiprocessing child whose parent is no longer the one
-    that started it gets ``False`` and must end by itself. ``prctl`` missing (not Linux) is a
-    no-op.
+    or taking jobs. The kernel's parent-death signal (``PARENT_DIED_SIGNAL``, however many times
+    it comes) is turned into one SIGTERM to this process's main thread, the stop the parent
+    itself would have sent; whoever handles SIGTERM then (the default action while loading,
+    granian's or RQ's handler afterwards) stops the process as usual.
+
+    The request only covers a death after it: a parent that died between the fork and this call
+    sends nothing, so a multiprocessing child whose parent is no longer the one that started it
+    gets ``False`` and must end by itself. ``prctl`` missing (not Linux) is a no-op.
     """
     import multiprocessing
 
+    signal.signal(PARENT_DIED_SIGNAL, _stop_once)
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DIED_SIGNAL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
     parent = multiprocessing.parent_process()
     return parent is None or os.getppid() == parent.pid
+
+
+def _stop_once(_signum: int, _frame: object) -> None:
+    """``PARENT_DIED_SIGNAL``'s handler: the first one raises SIGTERM, the others do nothing."""
+    global _stop_requested
+    if _stop_requested:
+        return
+    _stop_requested = True
+    signal.raise_signal(signal.SIGTERM)
 
 
 def stop_on_signals_while_loading() -> None:

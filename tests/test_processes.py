@@ -21,16 +21,18 @@ import pytest
 from minitwitter.config import REPO_ROOT
 from tests.conftest import base_env, eventually, process_running
 
-#: The parent: forks the child, prints its pid, then sleeps until killed. The child waits for
-#: the ``go`` file, runs ``STEP`` (code given by the test), then writes ``done`` and sleeps.
+#: The parent: forks the child, prints its pid, then starts a few threads (as granian's server
+#: process and the queue-worker supervisor do after forking) and sleeps until killed. The child
+#: waits for the ``go`` file, runs ``step`` (code given by the test), then writes the value of
+#: its ``result`` to ``done`` and sleeps.
 PARENT = textwrap.dedent("""
-    import multiprocessing, sys, time
+    import multiprocessing, sys, threading, time
     from pathlib import Path
 
     def child(go, done, step):
         while not Path(go).exists():
             time.sleep(0.01)
-        scope = {}
+        scope = {"go": go}
         exec(step, scope)
         Path(done).write_text(repr(scope.get("result")))
         time.sleep(60)
@@ -39,6 +41,8 @@ PARENT = textwrap.dedent("""
     process = multiprocessing.get_context("fork").Process(target=child, args=(go, done, step))
     process.start()
     print(process.pid, flush=True)
+    for _ in range(8):
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
     time.sleep(60)
 """)
 
@@ -97,6 +101,33 @@ def test_a_child_whose_parent_is_alive_gets_sigterm_when_the_parent_is_killed(fa
     assert members.result() == "True"
     members.kill_parent()  # SIGKILL: the parent forwards nothing, the kernel sends SIGTERM
     eventually(lambda: not process_running(members.child), timeout=15)
+
+
+def test_a_child_gets_exactly_one_sigterm_however_many_death_signals_come(family: Any) -> None:
+    """Linux sends the parent-death signal again each time the child passes to another thread of
+    the dying parent (this parent has 9); granian's handler deadlocked on a second SIGTERM. The
+    child here also sends the signal to itself five more times."""
+    members = family(textwrap.dedent("""
+        import os, signal, time
+        from pathlib import Path
+        from gateway.processes import PARENT_DIED_SIGNAL, die_with_parent
+        terms = []
+        signal.signal(signal.SIGTERM, lambda *_: terms.append(1))
+        parent = os.getppid()
+        die_with_parent()
+        Path(go + ".asked").touch()
+        while os.getppid() == parent:
+            time.sleep(0.01)
+        time.sleep(0.5)  # every death signal has come
+        for _ in range(5):
+            os.kill(os.getpid(), PARENT_DIED_SIGNAL)
+            time.sleep(0.05)
+        result = len(terms)
+    """))
+    members.let_child_go()
+    eventually(lambda: Path(f"{members.go}.asked").exists())
+    members.kill_parent()
+    assert members.result() == "1"
 
 
 def test_a_child_whose_parent_died_before_it_asked_is_told_so(family: Any) -> None:

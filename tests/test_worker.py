@@ -16,8 +16,8 @@ from tests.conftest import child_pids, eventually, process_running
 
 
 def test_workers_stop_when_their_supervisor_is_killed(start_workers: Any) -> None:
-    """SIGKILL cannot be forwarded: the workers get SIGTERM from the kernel (PDEATHSIG) instead of
-    running on as orphans that keep taking jobs."""
+    """SIGKILL cannot be forwarded: the workers get a stop from the kernel (PDEATHSIG, turned into
+    one SIGTERM) instead of running on as orphans that keep taking jobs."""
     workers = start_workers(WORKER_COUNT="2")
     supervisor = workers.proc.pid
     forked = eventually(lambda: len(child_pids(supervisor)) == 2 and child_pids(supervisor), timeout=30)
