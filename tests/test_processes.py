@@ -99,7 +99,7 @@ def test_a_child_whose_parent_is_alive_gets_sigterm_when_the_parent_is_killed(fa
     members = family(DIE_WITH_PARENT)
     members.let_child_go()
     assert members.result() == "True"
-    members.kill_parent()  # SIGKILL: the parent forwards nothing, the kernel sends SIGTERM
+    members.kill_parent()  # SIGKILL: the parent forwards nothing; the kernel signals the child
     eventually(lambda: not process_running(members.child), timeout=15)
 
 
