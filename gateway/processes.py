@@ -32,6 +32,11 @@ def die_with_parent() -> bool:
     The request only covers a death after it: a parent that died between the fork and this call
     sends nothing, so a multiprocessing child whose parent is no longer the one that started it
     gets ``False`` and must end by itself. ``prctl`` missing (not Linux) is a no-op.
+
+    Limits: call it from the main thread (Python installs signal handlers only there), in a
+    process started by ``fork`` or ``spawn`` (a ``forkserver`` child's parent is the fork server,
+    not the process that asked for it, so the check would say ``False``). A parent that sent its
+    own SIGTERM and was then killed still gets one more from here.
     """
     import multiprocessing
 
