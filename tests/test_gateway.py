@@ -396,14 +396,16 @@ def listening_pids(port: int) -> set[int]:
     return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
 
 
-def test_server_workers_keep_what_they_loaded_out_of_the_garbage_collector(gw):
+def test_server_workers_keep_what_they_loaded_out_of_the_garbage_collector(start_gateway):
     """A server worker ends its loading with ``gc.freeze``: the loaded modules and functions,
     ~10⁵ objects that live until exit, are no longer walked by every full collection (30-70 ms
-    under load, which were the reads' p99 outliers)."""
+    under load, which were the reads' p99 outliers). A gateway of its own: the module's gateway
+    has been redeployed by the tests before, and a redeploy unfreezes for 5 s on purpose."""
+    gateway = start_gateway(**GATEWAY_ENV)
     frozen: dict[int, int] = {}
 
     def both_answered() -> bool:  # a new connection each time, so both server processes answer
-        seen = httpx.get(f"{gw.url}/function/echo").json()
+        seen = httpx.get(f"{gateway.url}/function/echo").json()
         frozen[seen["pid"]] = seen["gc_frozen"]
         return len(frozen) == 2
 
