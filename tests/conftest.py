@@ -251,26 +251,21 @@ def at_once(call: Callable[[], T], times: int) -> list[T]:
         finally:
             db.close_connection()
 
-    for t in started(run, times):
+    threads = [threading.Thread(target=run) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
         t.join()
     return results
 
 
-def started(target: Callable[[], None], count: int) -> list[threading.Thread]:
-    """``count`` threads running ``target``, started."""
-    threads = [threading.Thread(target=target) for _ in range(count)]
-    for t in threads:
-        t.start()
-    return threads
-
-
 @contextmanager
-def writing_meanwhile(write: Callable[[], int], threads: int = 2) -> Iterator[list[int]]:
-    """Run ``write`` in a loop on ``threads`` threads for the duration of the block, which
-    starts once a first write has landed; yields the ids written (the list grows meanwhile).
+def writing_meanwhile(write: Callable[[], int]) -> Iterator[list[int]]:
+    """Run ``write`` in a loop on one thread for the duration of the block, which starts once a
+    first write has landed; yields the ids written (the list grows meanwhile).
 
-    With one thread, ids become visible in the order they were given; with more, a higher id
-    can show before a lower one (each write's cache update follows its own commit).
+    One writer, so ids become visible in the order they were given (with two, a higher id could
+    show before a lower one: each write's cache update follows its own commit).
     """
     stop = threading.Event()
     written: list[int] = []
@@ -282,14 +277,14 @@ def writing_meanwhile(write: Callable[[], int], threads: int = 2) -> Iterator[li
         finally:
             db.close_connection()
 
-    running = started(writer, threads)
+    thread = threading.Thread(target=writer)
+    thread.start()
     try:
         eventually(lambda: written)
         yield written
     finally:
         stop.set()
-        for t in running:
-            t.join()
+        thread.join()
 
 
 def eventually(check: Any, timeout: float = 15.0, interval: float = 0.1) -> Any:

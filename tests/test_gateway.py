@@ -418,11 +418,7 @@ def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gat
     keeps serving meanwhile, and the new one loads the functions and serves as before."""
     gateway = start_gateway(**GATEWAY_ENV)
     master = gateway.proc.pid
-
-    def workers() -> list[int]:
-        return child_pids(master)
-
-    before = eventually(lambda: len(workers()) == 2 and workers(), timeout=30)
+    before = eventually(lambda: len(child_pids(master)) == 2 and child_pids(master), timeout=30)
     # On Linux each granian worker binds its own SO_REUSEPORT socket once its app has loaded:
     # until both listen, killing the only listening one leaves nothing to connect to.
     eventually(lambda: listening_pids(gateway.port) == set(before), timeout=30)
@@ -431,7 +427,8 @@ def test_a_killed_server_worker_is_respawned_and_requests_keep_flowing(start_gat
     for _ in range(20):  # served by the surviving worker while the other one restarts
         response = httpx.get(f"{gateway.url}/function/echo/x", timeout=10)
         assert response.status_code == 200
-    after = eventually(lambda: len(workers()) == 2 and victim not in workers() and workers(), timeout=30)
+    after = eventually(lambda: len(child_pids(master)) == 2 and victim not in child_pids(master)
+                       and child_pids(master), timeout=30)
     assert set(after) != set(before)
     eventually(lambda: listening_pids(gateway.port) == set(after), timeout=30)  # the new one serves
     eventually(lambda: all(httpx.get(f"{gateway.url}/function/echo/{i}", timeout=10).status_code == 200

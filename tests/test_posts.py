@@ -414,7 +414,7 @@ def test_pagination_stays_correct_while_posts_are_inserted(api: Api) -> None:
     """Paging with max_id while other threads insert: no post is skipped or repeated."""
     alice = api.account("alice")
     initial = seed(int(alice.id), 150)
-    with writing_meanwhile(lambda: int(create(api, alice, "concurrent")["id"]), threads=1) as inserted:
+    with writing_meanwhile(lambda: int(create(api, alice, "concurrent")["id"])) as inserted:
         first = api.call("list-posts", "GET", "/", query={"limit": 7})
         top = ids_of(first)[0]
         seen, _ = walk_pages(api, first)

@@ -167,7 +167,7 @@ def test_home_pagination_stays_correct_while_posts_are_inserted(api: Api) -> Non
     seed(int(alice.id), 40)
     seed(int(bob.id), 20)
     seed(int(carol.id), 20)  # not followed: never on bob's pages
-    with writing_meanwhile(lambda: int(create(api, bob, "concurrent")["id"]), threads=1) as added:
+    with writing_meanwhile(lambda: int(create(api, bob, "concurrent")["id"])) as added:
         first = api.call("home-timeline", "GET", "/", token=bob.token, query={"limit": 7})
         top = ids_of(first)[0]
         seen, _ = walk_pages(api, first, token=bob.token)
