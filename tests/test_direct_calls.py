@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 from werkzeug.test import TestResponse
+from werkzeug.urls import iri_to_uri
 
 from gateway.registry import load_function
 from gateway.stack import stack_functions
 from minitwitter.config import REPO_ROOT
 from minitwitter.http import respond
-from minitwitter.runtime import CrashGuard, DirectEndpoint
+from minitwitter.runtime import PLAIN_PATH, CrashGuard, DirectEndpoint
 from tests.api import Account, Api
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE")
@@ -240,3 +241,17 @@ def test_a_location_werkzeug_would_encode_goes_through_werkzeug(location: str) -
     via_werkzeug = run(lambda environ, start: created(None)(environ, start))
     assert direct == via_werkzeug
     assert dict(direct[0][1])["Location"].isascii()
+
+
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("value", ["/function/get-post/42", "/", "/a/./b/../c", "/x-y_z.~/9/", "/a//b"])
+def test_a_plain_path_is_one_iri_to_uri_leaves_alone(value: str) -> None:
+    assert PLAIN_PATH.fullmatch(value)
+    assert iri_to_uri(value) == value
+
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("value", ["//host/path", "/a b", "/a%20b", "/ü", "/a?b=c", "/a#b", "http://x/a", ""])
+def test_anything_else_is_left_to_iri_to_uri(value: str) -> None:
+    assert PLAIN_PATH.fullmatch(value) is None

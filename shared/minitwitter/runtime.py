@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +32,9 @@ CRASH_BODY = orjson.dumps({"error": "internal error", "details": {}})
 FRAMEWORK_404_PATHS = frozenset({"/robots.txt", "/favicon.ico"})
 #: The attribute :func:`minitwitter.http.endpoint` sets on the handler it builds (to itself).
 ENDPOINT_ATTR = "__minitwitter_endpoint__"
+#: An absolute path of letters, digits and ``-._~/`` (not ``//``, which would name a host): what
+#: the functions' ``Location`` headers hold, and what werkzeug's ``iri_to_uri`` never changes.
+PLAIN_PATH = re.compile(r"/(?!/)[A-Za-z0-9._~/-]*")
 
 
 def error_body(status: int) -> bytes:
@@ -148,9 +152,16 @@ def _final(headers: list[tuple[str, str]]) -> bool:
         lowered = key.lower()
         if lowered == "content-length":
             sized = True
-        elif lowered in ("location", "content-location") and iri_to_uri(value) != value:
+        elif lowered in ("location", "content-location") and not is_uri(value):
             return False
     return sized
+
+
+def is_uri(value: str) -> bool:
+    """Whether werkzeug's ``iri_to_uri`` leaves ``value`` as it is. A plain path is answered
+    without calling it: it parses, quotes and reassembles every part of the URL, which was ~5 %
+    of create-post's instructions (``make bench-instructions``: 1.45-1.48 M -> 1.38-1.41 M)."""
+    return PLAIN_PATH.fullmatch(value) is not None or iri_to_uri(value) == value
 
 
 #: Seconds between a function's replacement and the refreeze that reclaims the old code.
