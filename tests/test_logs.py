@@ -7,11 +7,12 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from minitwitter import db, logs
 from minitwitter.config import get_config, set_config
@@ -148,3 +149,69 @@ def test_a_broken_stream_loses_nothing_bound_for_postgresql():
         assert [r["message"] for r in stored_rows()] == ["still stored", "also stored"]
     finally:
         sink.close()
+
+
+# -- JsonFormatter's two fast steps give python-json-logger's and datetime's results ------------
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("created", [
+    1_764_547_200.0,  # a whole second
+    1_764_547_200.1234565,  # half a microsecond: rounded half to even, as datetime does
+    1_764_547_200.9999996,  # rounds up into the next second
+    1_764_547_259.9999999,  # ... and the next minute
+    1_767_225_599.9999997,  # ... and the next year
+    951_782_400.5,  # 2000-02-29
+    *(1_700_000_000 + i * 7_654.321_987_3 for i in range(50)),
+])
+def test_the_time_stamp_is_what_datetime_isoformat_writes(created: float) -> None:
+    formatter = logs.JsonFormatter(**logs.FORMATTER_OPTIONS)
+    record = logging.makeLogRecord({"created": created})
+    expected = datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="microseconds")
+    assert formatter.formatTime(record) == expected
+    assert formatter.formatTime(record) == expected  # from the second's cached stamp too
+
+
+def _record(**attributes: Any) -> logging.LogRecord:
+    msg = attributes.pop("msg", "hello %s")
+    record = logging.getLogger("minitwitter.test").makeRecord(
+        "minitwitter.test", logging.INFO, "(unknown file)", 0, msg,
+        ("world",) if isinstance(msg, str) else (), attributes.pop("exc_info", None), extra=attributes,
+        sinfo=attributes.pop("stack_info", None))
+    # what format() sets before add_fields (python-json-logger leaves a dict message empty)
+    record.message = record.getMessage() if isinstance(msg, str) else ""
+    record.asctime = "now"
+    return record
+
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("options", [
+    logs.FORMATTER_OPTIONS,
+    {**logs.FORMATTER_OPTIONS, "rename_fields": {"levelname": "level", "path": "route", "message": "msg"}},
+    {"fmt": ["levelname", "name", "missing"], "rename_fields": {"missing": "absent"}},
+    # options whose fields only python-json-logger's own add_fields adds: it is called
+    {**logs.FORMATTER_OPTIONS, "static_fields": {"service": "minitwitter"}},
+    {**logs.FORMATTER_OPTIONS, "defaults": {"status": 0}, "timestamp": True},
+    {**logs.FORMATTER_OPTIONS, "rename_fields_keep_missing": True, "rename_fields": {"gone": "x"}},
+])
+@pytest.mark.parametrize("record", [
+    _record(),
+    _record(method="GET", path="/id/1", status=200, duration_ms=0.5, function="get-user",
+            call_id="c", account_id=None),
+    _record(_private="hidden", nested={"a": [1, 2]}, taskName="t"),
+    _record(msg={"event": "dict message", "count": 2}),
+    _record(exc_info=(ValueError, ValueError("boom"), None), stack_info="stack"),
+], ids=["plain", "request", "private", "dict-message", "exception"])
+def test_the_fields_are_python_json_loggers(options: dict[str, Any], record: logging.LogRecord) -> None:
+    ours = logs.JsonFormatter(**options)
+    theirs = OrjsonFormatter(**options)
+    message_dict = {"exc_info": "formatted"} if record.exc_info else {}
+    mine: dict[str, Any] = {}
+    reference: dict[str, Any] = {}
+    ours.add_fields(mine, record, message_dict)
+    theirs.add_fields(reference, record, message_dict)
+    assert list(mine.items()) == list(reference.items())  # the same fields, in the same order
+    line, expected = json.loads(ours.format(record)), json.loads(theirs.format(record))
+    for stamp in ("time", "asctime"):  # logging's own formatTime writes local time, another format
+        if stamp in expected:
+            expected[stamp] = line[stamp]
+    assert line == expected
