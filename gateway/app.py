@@ -18,7 +18,6 @@ import hmac
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -30,7 +29,7 @@ from werkzeug.wrappers import Request, Response
 
 from minitwitter import cache, db, errors, logs, metrics
 from minitwitter.config import Config, use_config
-from minitwitter.http import dumps
+from minitwitter.http import dumps, new_call_id
 from minitwitter.runtime import StartResponse, WSGIEnv
 
 from . import handoff, observability, queue_worker
@@ -118,7 +117,7 @@ class Gateway:
         started_ns = time.time_ns()
         started = time.perf_counter()
         client_call_id = environ.get("HTTP_X_CALL_ID")
-        call_id = client_call_id or str(uuid.uuid4())
+        call_id = client_call_id or new_call_id()
         extra_headers = [("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY)]
         if not client_call_id:
             extra_headers.append(("X-Call-Id", call_id))
@@ -208,7 +207,7 @@ class Gateway:
         if request.method != "POST":
             return json_error(405, "method not allowed", {"allowed": ["POST"]}, {"Allow": "POST"})
         name, namespace, sub_path = self.split_target(rest)
-        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        call_id = request.headers.get("X-Call-Id") or new_call_id()
         started_ns = str(time.time_ns())
         callback = request.headers.get("X-Callback-Url", "").strip()
         if callback:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import multiprocessing
 import os
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import redis
 
 from minitwitter import cache, db, errors, migrate, netguard
 from minitwitter.config import SECRET_NAMES, ensure_dev_secrets, load_config, set_config
-from minitwitter.http import client_ip, endpoint, parse_json, respond
+from minitwitter.http import client_ip, endpoint, new_call_id, parse_json, respond
 
 # --- config ----------------------------------------------------------------------------------
 
@@ -390,3 +391,19 @@ def test_commands_are_packed_as_redis_py_packs_them() -> None:
     assert cache._pack(commands) == [b"".join(redis.Connection().pack_commands(commands))]
     with pytest.raises(redis.DataError):
         cache._pack([("SET", "k", None)])
+
+
+@pytest.mark.no_stores
+def test_a_new_call_id_is_a_random_version_4_uuid_as_uuid4_writes_it():
+    ids = [new_call_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == value  # lower-case hex in 8-4-4-4-12 groups
+    # every bit that is not the version's or the variant's takes both values
+    bits = [int(value.replace("-", ""), 16) for value in ids]
+    fixed = (0xF << 76) | (0x3 << 62)
+    assert all(b & fixed == (0x4 << 76) | (0x2 << 62) for b in bits)
+    either = [any(b >> i & 1 for b in bits) and not all(b >> i & 1 for b in bits) for i in range(128)]
+    assert [i for i in range(128) if not either[i]] == [62, 63, 76, 77, 78, 79]

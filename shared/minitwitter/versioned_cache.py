@@ -12,8 +12,8 @@ timelines.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,8 +47,9 @@ return 1
 
 def _generation() -> str:
     # Random, never reused: a generation stays unique across key expiry and Redis restarts, so
-    # a process-local copy tagged with it can never be mistaken for newer data.
-    return uuid.uuid4().hex
+    # a process-local copy tagged with it can never be mistaken for newer data. 128 random bits
+    # as hex (uuid4().hex has 122 and cost ~15,000 instructions against ~2,000).
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True)
