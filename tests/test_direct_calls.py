@@ -243,7 +243,6 @@ def test_a_location_werkzeug_would_encode_goes_through_werkzeug(location: str) -
     assert dict(direct[0][1])["Location"].isascii()
 
 
-
 @pytest.mark.no_stores
 @pytest.mark.parametrize("value", ["/function/get-post/42", "/", "/a/./b/../c", "/x-y_z.~/9/", "/a//b"])
 def test_a_plain_path_is_one_iri_to_uri_leaves_alone(value: str) -> None:

@@ -173,10 +173,10 @@ def test_the_time_stamp_is_what_datetime_isoformat_writes(created: float) -> Non
 
 def _record(**attributes: Any) -> logging.LogRecord:
     msg = attributes.pop("msg", "hello %s")
+    exc_info, stack_info = attributes.pop("exc_info", None), attributes.pop("stack_info", None)
     record = logging.getLogger("minitwitter.test").makeRecord(
         "minitwitter.test", logging.INFO, "(unknown file)", 0, msg,
-        ("world",) if isinstance(msg, str) else (), attributes.pop("exc_info", None), extra=attributes,
-        sinfo=attributes.pop("stack_info", None))
+        ("world",) if isinstance(msg, str) else (), exc_info, extra=attributes, sinfo=stack_info)
     # what format() sets before add_fields (python-json-logger leaves a dict message empty)
     record.message = record.getMessage() if isinstance(msg, str) else ""
     record.asctime = "now"
