@@ -91,6 +91,8 @@ def test_pending_to_labelled_with_signed_callbacks(config: Config, start_workers
         assert not verify_signature("wrong key", record["headers"], record["body"])
     assert json.loads(by_type["comment"]["body"])["sentiment"]["label"] == "negative"
     assert by_type["comment"]["headers"]["X-Function-Name"] == "add-comment"
+    # The worker records a delivery after the receiver has answered: wait for it to settle.
+    eventually(lambda: db.scalar("SELECT count(*) FROM callback_deliveries WHERE status <> 'pending'") == 2)
     assert db.run("SELECT status, attempts FROM callback_deliveries") == [["delivered", 1]] * 2
     assert db.scalar("SELECT count(*) FROM sentiment_callbacks") == 0
 
@@ -126,6 +128,7 @@ def test_callbacks_are_retried_after_receiver_errors(config: Config, start_worke
         jobs.enqueue_sentiment("post", post, 1, "call-r")
         eventually(lambda: receiver.received, 20)
         assert receiver.attempts == 3
+    eventually(lambda: db.scalar("SELECT status FROM callback_deliveries") != "pending")
     row = db.one("SELECT status, attempts, last_status, delivered_at IS NOT NULL FROM callback_deliveries")
     assert row == ["delivered", 3, 200, True]
     assert verify_signature(config.callback_signing_key, receiver.received[0]["headers"],
