@@ -110,7 +110,9 @@ class Config:
     redis_timeout: float = 1.0
     # gateway
     gateway_port: int = 8080
-    gateway_workers: int = 2
+    #: 3 processes on 2 cores: writes wait on PostgreSQL's commit with their thread held, and a
+    #: third process keeps both cores busy meanwhile (docs/benchmarks.md, session 17).
+    gateway_workers: int = 3
     gateway_threads: int = 2
     gateway_url: str = "http://127.0.0.1:8080"
     function_timeout: float = 60.0
