@@ -1,5 +1,6 @@
 # Minitwitter: `make run` starts everything, `make test` runs the suite. Both create .venv and
-# install the pinned requirements themselves.
+# install the pinned requirements themselves; `make test` and `make bench` also install the Debian
+# tools they need (scripts/debian-tools.sh: apt-get as root, else one line saying what to run).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,6 +21,7 @@ run: $(STAMP) ## start PostgreSQL/Redis if needed, migrations, gateway and worke
 	$(PY) -m gateway.run
 
 test: $(STAMP) ## the whole test suite against real PostgreSQL, Redis, RQ, nginx, Prometheus
+	scripts/debian-tools.sh test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -36,6 +38,7 @@ worker: $(STAMP)
 	$(PY) -m gateway.worker
 
 bench: $(STAMP)
+	scripts/debian-tools.sh bench
 	$(PY) -m scripts.bench $(BENCH_ARGS)
 
 bench-instructions: $(STAMP) ## instructions per request under valgrind (machine-independent)

@@ -6,7 +6,6 @@ Not a timed assertion: these check that the harness measures what it says it mea
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +104,6 @@ def test_seed_creates_accounts_posts_follows_and_likes_through_the_api(start_gat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_create_post_lua_script_rotates_tokens(start_gateway: Any, tmp_path: Path) -> None:
     gateway = start_gateway()
     with httpx.Client(base_url=gateway.url, timeout=30) as client:

@@ -51,7 +51,7 @@ EXPORTER_PREFIXES = ("pg_", "redis_")
 
 
 def binary(name: str) -> str:
-    """Path of a required Debian binary; its absence is a failure (CI installs it)."""
+    """Path of a required Debian binary; its absence is a failure (`make test` installs it)."""
     path = shutil.which(name)
     assert path, f"{name} is not installed (apt-get install prometheus prometheus-redis-exporter " \
                  "prometheus-postgres-exporter)"

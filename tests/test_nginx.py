@@ -61,7 +61,7 @@ def nginx_binary() -> str:
     found = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
     if found is None:
-        pytest.fail("nginx is not installed (apt-get install -y nginx); .ci/run installs it")
+        pytest.fail("nginx is not installed: `make test` installs it (scripts/debian-tools.sh)")
     return found
 
 

@@ -112,7 +112,7 @@ def test_handler_build_and_template_entries_are_skipped(tmp_path: Path) -> None:
 
 @pytest.mark.no_stores
 @pytest.mark.parametrize(("copy_path", "message"), [
-    ("../outside", "outside of the build context"),
+    ("../outside", "outside of the build context"),  # outside-on-purpose
     (".", "equal the entire project"),
     ("./", "equal the entire project"),
 ])
