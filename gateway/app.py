@@ -19,6 +19,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,13 +33,27 @@ from minitwitter.config import Config, use_config
 from minitwitter.http import dumps, new_call_id
 from minitwitter.runtime import StartResponse, WSGIEnv
 
-from . import handoff, observability, queue_worker
+from . import observability, queue_worker
 from .registry import Hosted, Registry
 
 log = logging.getLogger("minitwitter.gateway")
 
 VERSION = "0.27.14"
 SERVED_BY = f"openfaas-ce/{VERSION} (minitwitter local gateway)"
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A sync invocation as the gateway sees it before the function runs."""
+
+    name: str
+    namespace: str
+    function_name: str  # name.namespace, the metrics' label
+    sub_path: str
+    call_id: str
+    started_ns: int
+    started: float  # perf_counter
+    extra_headers: list[tuple[str, str]]  # the gateway's own response headers
 
 
 def json_error(status: int, message: str, details: dict[str, Any] | None = None,
@@ -62,25 +77,19 @@ class Gateway:
         self.config = config
         self.registry = registry or Registry(config)
         self.instance = f"{socket.gethostname()}:{config.gateway_port}"
+        self.instance_header = ("X-Gateway-Instance", self.instance)
         metrics.add_scrape_collector(self._service_counts)
         # Queue depth/age and the sentiment backlog, read from Redis and PostgreSQL per scrape.
         observability.register_collectors(config)
 
     # -- WSGI -------------------------------------------------------------------------------
     def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
-        # Which replica answered (host:port): behind nginx this shows the load balancing at work.
-        instance = ("X-Gateway-Instance", self.instance)
-
-        def start_response_tagged(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            return start_response(status, [*headers, instance], exc_info)
-
-        return self.route(environ, start_response_tagged)
-
-    def route(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         if path.startswith("/function/"):
             return self.invoke(environ, start_response, path[len("/function/"):])
         response = self.dispatch(Request(environ), path)
+        # Which replica answered (host:port): behind nginx this shows the load balancing at work.
+        response.headers[self.instance_header[0]] = self.instance
         return response(environ, start_response)
 
     def dispatch(self, request: Request, path: str) -> Response:
@@ -111,71 +120,90 @@ class Gateway:
         name, _, namespace = target.partition(".")
         return name, namespace or self.config.function_namespace, "/" + sub
 
-    def invoke(self, environ: WSGIEnv, start_response: StartResponse, rest: str) -> Iterable[bytes]:
+    def begin(self, environ: WSGIEnv, rest: str) -> Invocation:
+        """What a sync invocation of ``/function/<rest>`` knows before it runs (no I/O)."""
         name, namespace, sub_path = self.split_target(rest)
-        function_name = f"{name}.{namespace}"
-        started_ns = time.time_ns()
-        started = time.perf_counter()
         client_call_id = environ.get("HTTP_X_CALL_ID")
         call_id = client_call_id or new_call_id()
-        extra_headers = [("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY)]
+        started_ns = time.time_ns()
+        extra_headers = [("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY), self.instance_header]
         if not client_call_id:
             extra_headers.append(("X-Call-Id", call_id))
-        hosted = None
-        if namespace == self.config.function_namespace and name:
-            try:
-                hosted = self.registry.get(name)
-            except errors.MinitwitterError as exc:
-                return self._finish(json_error(exc.status, exc.message, exc.details), environ,
-                                    start_response, extra_headers)
-        if hosted is None:
-            response = json_error(404, f"error finding function {function_name}: not found")
-            return self._finish(response, environ, start_response, extra_headers)
-        metrics.child(metrics.GATEWAY_STARTED, function_name).inc()
-        inner = dict(environ)
-        inner["PATH_INFO"] = sub_path
-        inner["SCRIPT_NAME"] = ""
-        inner["HTTP_X_CALL_ID"] = call_id
-        inner["HTTP_X_START_TIME"] = str(started_ns)
-        inner.setdefault("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", ""))
-        inner.setdefault("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", ""))
-        status, headers, body = self._run_function(hosted, inner)
-        duration = time.perf_counter() - started
-        code = status.split(" ", 1)[0]
-        metrics.child(metrics.GATEWAY_INVOCATIONS, function_name, code).inc()
-        metrics.child(metrics.GATEWAY_SECONDS, function_name, code).observe(duration)
-        if self.config.gateway_access_log:
-            with logs.context(function=name, call_id=call_id):
-                log.info("invocation", extra={"method": environ.get("REQUEST_METHOD"),
-                                              "path": sub_path, "status": int(code),
-                                              "duration_ms": round(duration * 1000, 3)})
-        headers = [h for h in headers if h[0].lower() != "x-duration-seconds"]
-        headers.append(("X-Duration-Seconds", f"{duration:.6f}"))
-        start_response(status, headers + extra_headers)
+        return Invocation(name, namespace, f"{name}.{namespace}", sub_path, call_id, started_ns,
+                          time.perf_counter(), extra_headers)
+
+    def invoke(self, environ: WSGIEnv, start_response: StartResponse, rest: str) -> Iterable[bytes]:
+        """The WSGI form of a sync invocation (no deadline: the serving edge enforces
+        ``FUNCTION_TIMEOUT`` around :meth:`call`)."""
+        status, headers, body = self.call(self.begin(environ, rest), environ)
+        start_response(status, headers)
         return [body]
 
-    def _run_function(self, hosted: Hosted, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
-        """Call the function's WSGI app on this thread's helper, bounded by FUNCTION_TIMEOUT."""
-        if not self.config.function_timeout:  # 0 disables the timeout: no thread hand-off
-            return self._call_app(hosted, environ)
+    def call(self, invocation: Invocation, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Run a sync invocation on this thread: the function's status, headers and body, with
+        the gateway's headers added and the invocation counted."""
+        hosted = None
+        if invocation.namespace == self.config.function_namespace and invocation.name:
+            try:
+                hosted = self.registry.get(invocation.name)
+            except errors.MinitwitterError as exc:
+                return self._finish(invocation, json_error(exc.status, exc.message, exc.details))
+        if hosted is None:
+            return self._finish(invocation, json_error(
+                404, f"error finding function {invocation.function_name}: not found"))
+        metrics.child(metrics.GATEWAY_STARTED, invocation.function_name).inc()
+        inner = dict(environ)
+        inner["PATH_INFO"] = invocation.sub_path
+        inner["SCRIPT_NAME"] = ""
+        inner["HTTP_X_CALL_ID"] = invocation.call_id
+        inner["HTTP_X_START_TIME"] = str(invocation.started_ns)
+        inner.setdefault("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", ""))
+        inner.setdefault("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", ""))
         try:
-            return handoff.run(lambda: self._call_app(hosted, environ), self.config.function_timeout)
-        except handoff.CallTimedOut:
-            log.error("function timed out", extra={"function": hosted.name,
-                                                   "timeout_s": self.config.function_timeout})
-            response = json_error(504, "function timed out",
-                                  {"timeout_seconds": self.config.function_timeout})
-            return "504 GATEWAY TIMEOUT", list(response.headers.items()), response.get_data()
-        except handoff.TooManyStuckCalls:
-            log.error("refused: too many timed-out calls still running",
-                      extra={"function": hosted.name, "stuck_calls": handoff.abandoned()})
-            response = json_error(503, "too many timed-out function calls are still running",
-                                  {"stuck_calls": handoff.abandoned()}, {"Retry-After": "5"})
-            return "503 SERVICE UNAVAILABLE", list(response.headers.items()), response.get_data()
+            status, headers, body = self._call_app(hosted, inner)
         except Exception:  # noqa: BLE001
             log.exception("function crashed", extra={"function": hosted.name})
             response = json_error(500, "internal error")
-            return "500 INTERNAL SERVER ERROR", list(response.headers.items()), response.get_data()
+            status, headers, body = "500 INTERNAL SERVER ERROR", list(response.headers.items()), response.get_data()
+        return self._account(invocation, status, headers, body, environ.get("REQUEST_METHOD"))
+
+    def timed_out(self, invocation: Invocation) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The 504 of an invocation that outlived ``FUNCTION_TIMEOUT`` (it goes on running)."""
+        log.error("function timed out", extra={"function": invocation.name,
+                                               "timeout_s": self.config.function_timeout})
+        response = json_error(504, "function timed out", {"timeout_seconds": self.config.function_timeout})
+        return self._account(invocation, "504 GATEWAY TIMEOUT", list(response.headers.items()),
+                             response.get_data(), None)
+
+    def refused(self, invocation: Invocation, message: str, details: dict[str, Any],
+                retry_after: int) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The 503 of an invocation the serving edge could not start (no free slot in time)."""
+        response = json_error(503, message, details, {"Retry-After": str(retry_after)})
+        return self._account(invocation, response.status, list(response.headers.items()),
+                             response.get_data(), None)
+
+    def _account(self, invocation: Invocation, status: str, headers: list[tuple[str, str]], body: bytes,
+                 method: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Count an answered invocation, stamp its duration and the gateway's headers on it."""
+        duration = time.perf_counter() - invocation.started
+        code = status.split(" ", 1)[0]
+        metrics.child(metrics.GATEWAY_INVOCATIONS, invocation.function_name, code).inc()
+        metrics.child(metrics.GATEWAY_SECONDS, invocation.function_name, code).observe(duration)
+        if self.config.gateway_access_log:
+            with logs.context(function=invocation.name, call_id=invocation.call_id):
+                log.info("invocation", extra={"method": method, "path": invocation.sub_path,
+                                              "status": int(code),
+                                              "duration_ms": round(duration * 1000, 3)})
+        headers = [h for h in headers if h[0].lower() != "x-duration-seconds"]
+        headers.append(("X-Duration-Seconds", f"{duration:.6f}"))
+        return status, headers + invocation.extra_headers, body
+
+    def _finish(self, invocation: Invocation, response: Response) -> tuple[str, list[tuple[str, str]], bytes]:
+        """An answer of the gateway's own (unknown function, state unreadable), not counted."""
+        headers = list(response.headers.items())
+        duration = time.perf_counter() - invocation.started
+        headers.append(("X-Duration-Seconds", f"{duration:.6f}"))
+        return response.status, headers + invocation.extra_headers, response.get_data()
 
     @staticmethod
     def _call_app(hosted: Hosted, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -194,13 +222,6 @@ class Gateway:
                 if close is not None:
                     close()
         return captured["status"], captured["headers"], body
-
-    @staticmethod
-    def _finish(response: Response, environ: WSGIEnv, start_response: StartResponse,
-                extra: list[tuple[str, str]]) -> Iterable[bytes]:
-        for key, value in extra:
-            response.headers[key] = value
-        return response(environ, start_response)
 
     # -- async invoke -----------------------------------------------------------------------
     def invoke_async(self, request: Request, rest: str) -> Response:
@@ -231,7 +252,9 @@ class Gateway:
         try:
             queue_worker.enqueue_invocation(message, self.config)
         except errors.MinitwitterError as exc:
-            return json_error(500, f"Error queuing request: {exc.message}")
+            # OpenFaaS answers 500 here; a queue that is down is a dependency outage, and the
+            # client should try again: 503 with Retry-After, like every other one.
+            return json_error(503, f"Error queuing request: {exc.message}", headers={"Retry-After": "5"})
         response = Response(b"", status=202)
         response.headers["X-Call-Id"] = call_id
         response.headers["X-Start-Time"] = started_ns

@@ -106,7 +106,7 @@ def child(scenario: str, requests: int, seed_file: str) -> None:
     from minitwitter import logs, metrics
 
     logs.WRITE_INTERVAL = logs.SHIP_INTERVAL = metrics.FLUSH_INTERVAL = 3600.0
-    from gateway.wsgi import app
+    from gateway.rsgi import gateway as app  # the WSGI Gateway behind the serving edge
 
     seed = json.loads(Path(seed_file).read_text())
     call = caller(app, seed, scenario)
@@ -124,7 +124,7 @@ def seed_stores(seed_file: str) -> None:
     """Seed through the functions, in-process (``make bench``'s seed over a WSGI transport)."""
     import httpx
 
-    from gateway.wsgi import app
+    from gateway.rsgi import gateway as app  # the WSGI Gateway behind the serving edge
     from scripts.bench import seed
 
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://gateway") as client:

@@ -53,6 +53,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -122,6 +129,14 @@ class Config:
     gateway_state_ttl: float = 1.0
     gateway_access_log: bool = False
     gateway_direct_calls: bool = True
+    #: ``make run`` listens on loopback only; containers set ``0.0.0.0`` explicitly.
+    gateway_bind: str = "127.0.0.1"
+    #: Seconds a client has to send a request's headers, and then its whole body (408 after).
+    gateway_read_timeout: float = 10.0
+    #: Seconds a request may wait for a busy process's function slot before its 503.
+    gateway_queue_timeout: float = 5.0
+    #: Seconds in-flight requests get to finish when the gateway is told to stop.
+    gateway_drain_timeout: float = 10.0
     # requests
     max_body_bytes: int = 64 * 1024
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
@@ -222,6 +237,10 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         gateway_state_ttl=_float(env, "GATEWAY_STATE_TTL", d.gateway_state_ttl),
         gateway_access_log=_bool(env, "GATEWAY_ACCESS_LOG", d.gateway_access_log),
         gateway_direct_calls=_bool(env, "GATEWAY_DIRECT_CALLS", d.gateway_direct_calls),
+        gateway_bind=env.get("GATEWAY_BIND", "").strip() or d.gateway_bind,
+        gateway_read_timeout=_positive(env, "GATEWAY_READ_TIMEOUT", d.gateway_read_timeout),
+        gateway_queue_timeout=_positive(env, "GATEWAY_QUEUE_TIMEOUT", d.gateway_queue_timeout),
+        gateway_drain_timeout=_positive(env, "GATEWAY_DRAIN_TIMEOUT", d.gateway_drain_timeout),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes),
         trusted_proxies=_list(env, "TRUSTED_PROXIES", ",".join(d.trusted_proxies)),
         jwt_ttl_seconds=_int(env, "JWT_TTL_SECONDS", d.jwt_ttl_seconds),

@@ -133,6 +133,10 @@ class BatchedChild:
             raise ValueError("counters can only be incremented by non-negative amounts")
         _updates.add(self._value, amount)
 
+    def add(self, amount: float) -> None:
+        """Gauge change, up or down (a gauge's batched updates net out before they are written)."""
+        _updates.add(self._value, amount)
+
     def observe(self, amount: float) -> None:
         """Histogram observation (a NaN, as in prometheus_client, reaches the sum, no bucket)."""
         _updates.add(self._sum, amount)
@@ -140,10 +144,10 @@ class BatchedChild:
             _updates.add(self._buckets[bisect_left(self._bounds, amount)], 1.0)
 
 
-_children: dict[tuple[Counter | Histogram, tuple[str, ...]], BatchedChild] = {}
+_children: dict[tuple[Counter | Gauge | Histogram, tuple[str, ...]], BatchedChild] = {}
 
 
-def child(metric: Counter | Histogram, *values: str) -> BatchedChild:
+def child(metric: Counter | Gauge | Histogram, *values: str) -> BatchedChild:
     """``metric.labels(*values)`` for the request path: memoised (``labels()``' argument checks
     and lock cost more than an increment) and batched (:class:`_Updates`). Label values here
     are bounded sets (function names, methods, status codes, cache names)."""
@@ -171,6 +175,25 @@ GATEWAY_STARTED = Counter(
     "gateway_function_invocation_started", "Function invocations started", ["function_name"]
 )
 # gateway_service_count is produced at scrape time by the gateway's collector.
+#: Calls running on a function slot, and calls waiting for one (the serving edge's backpressure).
+GATEWAY_INFLIGHT = Gauge(
+    "gateway_function_invocation_inflight", "Function calls running now", ["function_name"],
+    multiprocess_mode="livesum",
+)
+GATEWAY_QUEUED = Gauge(
+    "gateway_function_invocation_queued", "Function calls waiting for a free slot", ["function_name"],
+    multiprocess_mode="livesum",
+)
+#: Requests the serving edge answered itself: 408 (slow client), 413, 503 (no free slot in time).
+GATEWAY_REFUSED = Counter(
+    "gateway_requests_refused", "Requests answered by the serving edge without running them",
+    ["reason"],
+)
+#: Long-running children (gateway server processes, queue workers, the scheduler, the log
+#: shipper thread) restarted by their supervisor after they died.
+PROCESS_RESTARTS = Counter(
+    "minitwitter_process_restarts", "Children restarted after they died", ["kind"]
+)
 
 # --- Function metrics ----------------------------------------------------------------------
 FUNCTION_REQUESTS = Counter(
@@ -238,6 +261,8 @@ for _dependency in ("postgres", "redis"):
     DEPENDENCY_ERRORS.labels(dependency=_dependency)
 for _outcome in ("stored", "dropped"):
     LOG_RECORDS.labels(outcome=_outcome)
+for _reason in ("read_timeout", "too_large", "overloaded", "stuck_calls"):
+    GATEWAY_REFUSED.labels(reason=_reason)
 for _result in ("hit", "miss"):
     SENTIMENT_CACHE.labels(result=_result)
 

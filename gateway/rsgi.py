@@ -1,4 +1,5 @@
-"""WSGI entry point of the gateway: ``python -m gateway.serve`` serves ``gateway.wsgi:app``.
+"""RSGI entry point of the gateway: ``python -m gateway.serve`` serves ``gateway.rsgi:app``, the
+serving edge (:class:`~gateway.edge.Edge`) around the WSGI :class:`~gateway.app.Gateway`.
 
 Imported once in every server worker process: it makes a stop during loading end the process
 (and asks for SIGTERM should the server process die, or ends at once if it already has),
@@ -10,13 +11,22 @@ of workers that died, and loads every deployed function before the worker takes 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 
 from minitwitter import errors, logs, metrics
 from minitwitter.config import get_config
 from minitwitter.runtime import freeze_loaded_objects
 
 from .app import Gateway
-from .processes import die_with_parent, flush_at_exit, stop_on_signals_while_loading
+from .edge import Edge
+from .processes import (
+    detach_from_terminal_signals,
+    die_with_parent,
+    flush_at_exit,
+    set_process_name,
+    stop_on_signals_while_loading,
+)
+from .serve import SERVER_PROCESS_NAME
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -45,15 +55,19 @@ def preload(gateway: Gateway) -> None:
 stop_on_signals_while_loading()
 if not die_with_parent():
     raise SystemExit(0)
+if multiprocessing.parent_process() is not None:  # a granian worker (not a test importing this)
+    detach_from_terminal_signals()
+    set_process_name(SERVER_PROCESS_NAME)
 config = get_config()
 logs.configure_logging("gateway")
 flush_at_exit()  # what the worker buffered when it stops
 metrics.reap_dead_processes()
-app = Gateway(config)
+gateway = Gateway(config)
 try:
     # Record stack.yml's functions as deployed unless an operator removed them (idempotent).
-    app.registry.seed()
+    gateway.registry.seed()
 except errors.MinitwitterError:
     log.error("could not read function state at start-up")
-preload(app)
+preload(gateway)
+app = Edge(gateway, config)
 freeze_loaded_objects()  # last: everything loaded above lives until exit
