@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .processes import parent_death_preexec
+
 #: The system user PostgreSQL runs as when we are root (postgres refuses to run as root).
 PG_SYSTEM_USER = "pgserver"
 
@@ -131,10 +133,13 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # AOF persistence: queued jobs survive a restart of the embedded Redis.
+        # A group of its own: a terminal's Ctrl-C stops ``make run``, which stops Redis last,
+        # after the gateway and workers drained; it also ends should ``make run`` be killed.
         self.process = subprocess.Popen(
             [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
              "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
+            preexec_fn=parent_death_preexec())
         _wait_port(self.port, 15)
         return self
 

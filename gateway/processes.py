@@ -1,9 +1,15 @@
-"""Process hygiene shared by the gateway's server workers and the queue-worker processes."""
+"""Process hygiene and supervision shared by ``make run``, the gateway's server workers and the
+queue-worker processes."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -100,3 +106,204 @@ def flush_at_exit() -> None:
 
     Finalize(None, metrics.flush, exitpriority=11)
     Finalize(None, logs.flush, exitpriority=10)
+
+
+def detach_from_terminal_signals() -> None:
+    """Leave the terminal's process group: a terminal's Ctrl-C then reaches only the supervisor,
+    which stops this process with exactly one SIGTERM.
+
+    A terminal's Ctrl-C sends SIGINT to its whole foreground process group; with every process in
+    it, each child got the terminal's SIGINT and then its supervisor's SIGTERM: granian's worker
+    handler is not reentrant and deadlocked on the second signal, and a stop took 37-72 s, ended
+    by SIGKILLs. The parent-death signal (:func:`die_with_parent`) still ends this process if the
+    supervisor is killed.
+    """
+    with suppress(OSError):  # already a group leader (a session of its own): nothing to leave
+        os.setpgid(0, 0)
+
+
+#: prctl(2) option: the name ``ps -o comm``, ``top`` and ``/proc/<pid>/comm`` show (15 bytes).
+PR_SET_NAME = 15
+
+
+def set_process_name(name: str) -> None:
+    """Name this process as ``ps`` and ``top`` show it (``mt-scheduler`` rather than ``python``)."""
+    import ctypes
+
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def parent_death_preexec() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen`` that asks for SIGTERM when the starting process
+    dies, and ends the child at once if it is already gone (between fork and exec, so no window
+    is left; resolved before forking, because a preexec function must not import or allocate
+    much in a child of a threaded process)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+    term = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, term, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+    return preexec
+
+
+class Backoff:
+    """Delays before restarting a child that died: ``first`` doubling up to ``cap``, and back
+    to ``first`` once the child has lived ``stable_after`` seconds since its last death."""
+
+    def __init__(self, first: float = 0.25, cap: float = 4.0, stable_after: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.stable_after = stable_after
+        self.restarts = 0
+        self._delay = first
+        self._last_death: float | None = None
+
+    def next_delay(self) -> float:
+        """Call when the child died: the seconds to wait before starting it again."""
+        now = time.monotonic()
+        if self._last_death is not None and now - self._last_death > self.stable_after:
+            self._delay = self.first
+        delay = self._delay
+        self._delay = min(self.cap, self._delay * 2)
+        self._last_death = now
+        self.restarts += 1
+        return delay
+
+
+class Running(Protocol):
+    """What the supervisor needs of a started child (``subprocess.Popen`` has it)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class ForkedChild:
+    """A ``multiprocessing`` child (fork) with the ``Running`` interface."""
+
+    def __init__(self, target: Callable[[], Any], name: str) -> None:
+        import multiprocessing
+
+        self.process = multiprocessing.get_context("fork").Process(target=target, name=name)
+        self.process.start()
+        assert self.process.pid is not None
+        self.pid: int = self.process.pid
+
+    def poll(self) -> int | None:
+        self.process.join(0)
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        with suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+@dataclass
+class Child:
+    """A long-running child of a :class:`Supervisor`: its kind (the metric's label), how to start
+    it, and the running process."""
+
+    kind: str
+    name: str
+    start: Callable[[], Running]
+    #: Whether the child leads a process group of its own (its stragglers are killed with it).
+    own_group: bool = False
+    running: Running | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Starts children, starts again each one that dies (after its back-off, with a log line and
+    ``minitwitter_process_restarts_total{kind}``), and stops them all on request.
+
+    It runs no thread of its own, so a child it forks again later inherits no lock held by one.
+    ``log`` receives ``(message, fields)`` for each restart, ``count`` the kind restarted.
+    """
+
+    def __init__(self, children: list[Child], log: Callable[[str, dict[str, Any]], None],
+                 count: Callable[[str], None]) -> None:
+        self.children = children
+        self._log = log
+        self._count = count
+
+    def start(self) -> None:
+        for child in self.children:
+            child.running = child.start()
+
+    def check(self) -> None:
+        """Notice children that died and start those whose back-off has passed."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    child.running = child.start()
+                    self._count(child.kind)
+                continue
+            code = child.running.poll() if child.running is not None else None
+            if code is None:
+                continue
+            delay = child.backoff.next_delay()
+            child.restart_at = now + delay
+            self._log("child process died; starting a new one",
+                      {"child": child.name, "kind": child.kind, "pid": child.running.pid if child.running else None,
+                       "exit": describe_exit(code), "restart_in_s": delay, "restarts": child.backoff.restarts})
+
+    def watch(self, stopping: Callable[[], bool], interval: float = 0.1) -> None:
+        """Keep the children running until ``stopping()`` says so."""
+        while not stopping():
+            self.check()
+            time.sleep(interval)
+
+    def stop(self, grace: float) -> list[str]:
+        """SIGTERM every running child once, wait up to ``grace`` seconds, SIGKILL the rest (and
+        their process groups, where they lead one). Returns the names of those killed."""
+        alive = [c for c in self.children if c.running is not None and c.running.poll() is None]
+        for child in alive:
+            assert child.running is not None
+            with suppress(ProcessLookupError):
+                child.running.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(c.running.poll() is None for c in alive if c.running):
+            time.sleep(0.05)
+        killed = []
+        for child in alive:
+            assert child.running is not None
+            if child.running.poll() is None:
+                killed.append(child.name)
+                with suppress(ProcessLookupError):
+                    child.running.kill()
+            if child.own_group:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.running.pid, signal.SIGKILL)  # its own children, if any are left
+        for child in alive:
+            assert child.running is not None
+            deadline = time.monotonic() + 5
+            while child.running.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return killed
+
+
+def describe_exit(code: int) -> str:
+    """``exit 1`` or ``signal SIGKILL`` for a child's return code (negative: killed by a signal)."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"

@@ -4,24 +4,31 @@
 2. Stores: ``DATABASE_URL`` / ``REDIS_URL`` when set; else PostgreSQL / Redis on 127.0.0.1's
    standard ports when they answer; else embedded servers in ``.data/`` (see ``embedded.py``).
 3. Migrations, then every stack.yml function (re)deployed into the gateway's state.
-4. The gateway under granian (``GATEWAY_WORKERS`` processes) and the queue-workers
-   (``WORKER_COUNT`` processes). Ctrl-C or SIGTERM stops everything, embedded stores included.
+4. The gateway under granian (``GATEWAY_WORKERS`` processes) and the queue side (``WORKER_COUNT``
+   queue workers and the scheduler), each kept running by its supervisor: a child that dies is
+   started again. Ctrl-C or SIGTERM stops everything, embedded stores included, in a few seconds
+   when idle (in-flight requests get ``GATEWAY_DRAIN_TIMEOUT`` seconds), and exits 0.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, ensure_dev_secrets, load_config, set_config
+from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, Config, ensure_dev_secrets, load_config, set_config
 
 from . import embedded, serve
+from .processes import Child, Running, Supervisor, parent_death_preexec
+
+log = logging.getLogger("minitwitter.run")
 
 DATA_DIR = REPO_ROOT / ".data"
 EMBEDDED_PG_PORT = 54329
@@ -55,12 +62,39 @@ def choose_stores(env: dict[str, str], stack: list[object], data_dir: Path) -> N
             env["REDIS_URL"] = rd.url
 
 
-def start_services(env: dict[str, str], stdout: Any = None, stderr: Any = None) -> list[subprocess.Popen[bytes]]:
-    """Start the gateway (granian, ``gateway/serve.py``) and the queue-workers with ``env``; gateway first."""
-    gateway = subprocess.Popen(serve.command(), env=env, cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
-    workers = subprocess.Popen([sys.executable, "-m", "gateway.worker"], env=env, cwd=REPO_ROOT,
-                               stdout=stdout, stderr=stderr)
-    return [gateway, workers]
+def start_services(env: dict[str, str]) -> Supervisor:
+    """The supervisor of ``make run``'s two children, started: the gateway server (granian,
+    ``gateway/serve.py``, which keeps its own worker processes running) and the queue side
+    (``gateway/worker.py``, which keeps the queue workers and the scheduler running).
+
+    Each child leads a process group of its own, so a terminal's Ctrl-C reaches only this
+    process, which stops each child with one SIGTERM; each gets SIGTERM from the kernel should
+    this process die. A child that dies is started again after a back-off."""
+    from minitwitter import metrics
+
+    def popen(argv: list[str]) -> Callable[[], Running]:
+        return lambda: subprocess.Popen(argv, env=env, cwd=REPO_ROOT, process_group=0,
+                                        preexec_fn=parent_death_preexec())
+
+    for kind in ("gateway", "worker-supervisor"):
+        metrics.PROCESS_RESTARTS.labels(kind=kind)
+    supervisor = Supervisor(
+        [Child("gateway", "gateway", popen(serve.command()), own_group=True),
+         Child("worker-supervisor", "queue workers", popen([sys.executable, "-m", "gateway.worker"]),
+               own_group=True)],
+        log=lambda message, fields: log.warning(message, extra=fields),
+        count=lambda kind: metrics.PROCESS_RESTARTS.labels(kind=kind).inc(),
+    )
+    supervisor.start()
+    return supervisor
+
+
+def stop_grace(config: Config) -> float:
+    """How long a stop waits for the children: the gateway drains for ``GATEWAY_DRAIN_TIMEOUT``,
+    the queue workers get :data:`gateway.worker.JOB_GRACE` more for their current job."""
+    from .worker import JOB_GRACE
+
+    return config.gateway_drain_timeout + JOB_GRACE + 5.0
 
 
 def stop_services(processes: list[subprocess.Popen[Any]], grace: float = 35.0,
@@ -79,19 +113,25 @@ def stop_services(processes: list[subprocess.Popen[Any]], grace: float = 35.0,
 def main() -> int:
     env = dict(os.environ)
     started: list[object] = []
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    supervisor: Supervisor | None = None
+    stopping: list[int] = []
 
-    def stop(_signum: int = 0, _frame: object = None) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop(signum: int = 0, _frame: object = None) -> None:
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    data_dir = Path(env.get("DATA_DIR") or DATA_DIR)
+    # Metrics of every process (this one's restart counts too) go to one fresh folder, chosen
+    # before anything imports prometheus_client.
+    prom_dir = data_dir / "prometheus"
+    shutil.rmtree(prom_dir, ignore_errors=True)
+    prom_dir.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
+    config: Config | None = None
     try:
         if not env.get("SECRETS_DIR") and not Path("/var/openfaas/secrets").is_dir():
             ensure_dev_secrets(DEV_SECRETS_DIR)
-        data_dir = Path(env.get("DATA_DIR") or DATA_DIR)
         choose_stores(env, started, data_dir)
         embedded.ensure_database(env["DATABASE_URL"])
         config = load_config(env)
@@ -103,18 +143,16 @@ def main() -> int:
         from .registry import Registry
 
         Registry(config).seed(redeploy=True)
-        prom_dir = data_dir / "prometheus"
-        shutil.rmtree(prom_dir, ignore_errors=True)
-        prom_dir.mkdir(parents=True)
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])
-        children.extend(start_services(env))
-        url = f"http://127.0.0.1:{config.gateway_port}"
-        while not embedded.port_open("127.0.0.1", config.gateway_port) and not stopping:
-            if any(c.poll() is not None for c in children):
+        supervisor = start_services(env)
+        url = f"http://{config.gateway_bind}:{config.gateway_port}"
+        while not embedded.port_open(config.gateway_bind, config.gateway_port) and not stopping:
+            if any(c.running is not None and c.running.poll() is not None for c in supervisor.children):
                 print("a component exited during start-up; see the log above", file=sys.stderr)
                 return 1
             time.sleep(0.2)
+        if stopping:
+            return 0
         print(
             "\nMinitwitter is running\n"
             f"  gateway        {url}  (functions: {url}/function/<name>)\n"
@@ -129,14 +167,11 @@ def main() -> int:
             f"  sentiment      SENTIMENT_BACKEND={config.sentiment_backend} (Ollama at {config.ollama_host}"
             f", VADER when it does not answer)\n"
             "Press Ctrl-C to stop.\n", flush=True)
-        while not stopping:
-            if any(c.poll() is not None for c in children):
-                print("a component exited; stopping", file=sys.stderr)
-                return 1
-            time.sleep(0.3)
+        supervisor.watch(lambda: bool(stopping), interval=0.2)
         return 0
     finally:
-        stop_services(children)
+        if supervisor is not None:
+            supervisor.stop(stop_grace(config) if config else 35.0)
         for service in reversed(started):
             service.stop()  # type: ignore[attr-defined]
 

@@ -1,27 +1,47 @@
-"""``python -m gateway.worker``: RQ worker processes for async invocations, callbacks and
-sentiment jobs. ``WORKER_COUNT`` processes run side by side; SIGTERM or Ctrl-C lets each finish
-its current job (RQ's warm shutdown) before it exits. The scheduler (retries with backoff and
-periodic jobs) runs inside the workers.
+"""``python -m gateway.worker``: the queue side, a supervisor and the processes it keeps running.
+
+- ``WORKER_COUNT`` **queue workers** (RQ ``SimpleWorker``): async invocations, sentiment jobs,
+  callback deliveries. SIGTERM lets each finish its current job (RQ's warm shutdown).
+- One **scheduler** (:mod:`gateway.scheduler`): scheduled retries, the reconciler, log
+  retention, and the ``/metrics`` endpoint when ``WORKER_METRICS_PORT`` is set.
+
+The supervisor forks them, starts again any that dies (after a back-off: 0.25 s doubling to 4 s,
+reset after 30 s of life) with a JSON log line and ``minitwitter_process_restarts_total{kind}``,
+and stops only on SIGTERM or SIGINT: then each child gets one SIGTERM, and whatever is left after
+``GATEWAY_DRAIN_TIMEOUT`` + :data:`JOB_GRACE` seconds is killed. It runs no thread, so a child
+forked later inherits no lock a thread held; each child leaves the terminal's process group (a
+Ctrl-C reaches only the supervisor) and ends when the supervisor dies.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
+from collections.abc import Callable
 
 import redis
 from rq import SimpleWorker
 
-from minitwitter import cache, logs
+from minitwitter import cache, logs, metrics
 from minitwitter.config import Config, get_config
 from minitwitter.runtime import freeze_loaded_objects
 
-from . import observability
-from .processes import die_with_parent, flush_at_exit, stop_on_signals_while_loading
+from . import observability, scheduler
+from .processes import (
+    Child,
+    ForkedChild,
+    Running,
+    Supervisor,
+    detach_from_terminal_signals,
+    die_with_parent,
+    flush_at_exit,
+    set_process_name,
+    stop_on_signals_while_loading,
+)
 
 log = logging.getLogger("minitwitter.worker")
 
@@ -29,6 +49,12 @@ log = logging.getLogger("minitwitter.worker")
 QUEUES = ("faas-request", "sentiment", "callbacks", "default")
 #: Seconds between checks whether Redis is back after a worker lost it.
 REDIS_RETRY_SECONDS = 0.5
+#: Seconds a stopping queue worker gets, on top of the drain timeout, to finish its job.
+JOB_GRACE = 20.0
+#: What ``ps -o comm`` shows for the supervisor's children.
+QUEUE_WORKER_NAME = "mt-queue-worker"
+SCHEDULER_NAME = "mt-scheduler"
+SUPERVISOR_NAME = "mt-worker-sup"
 
 
 def queue_names(config: Config | None = None) -> list[str]:
@@ -49,14 +75,14 @@ def run_worker(burst: bool = False) -> None:
         if not burst:
             wait_for_redis()
         cache.reset()
-        stop_on_signals_while_loading()  # until RQ installs its handlers, after its fork
+        stop_on_signals_while_loading()  # until RQ installs its handlers
         try:
             worker = SimpleWorker(queue_names(), connection=cache.shared_client())
             if not hooked:
                 on_worker_start(worker)
                 freeze_loaded_objects()
                 hooked = True
-            worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+            worker.work(burst=burst, logging_level="WARNING")
             return
         except (redis.RedisError, OSError) as exc:
             if burst:
@@ -65,7 +91,7 @@ def run_worker(burst: bool = False) -> None:
 
 
 def on_worker_start(worker: SimpleWorker) -> None:
-    """The sentiment pipeline's start-up hook (its periodic reconciler), where it is installed."""
+    """The sentiment pipeline's start-up hook, where it is installed."""
     try:
         from minitwitter import jobs
     except ImportError:
@@ -92,41 +118,74 @@ def _exit_on_signal(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def supervised_worker() -> None:
-    """Entry of a worker process forked by the supervisor."""
+def _child_start(kind: str, name: str) -> bool:
+    """First steps of every forked child: the default action for SIGTERM/SIGINT (not the
+    supervisor's handler it inherited) until it installs its own, its own process group, death
+    with the supervisor, buffered logs and metrics flushed at exit. False: the supervisor is
+    already gone."""
+    stop_on_signals_while_loading()
+    set_process_name(name)
+    detach_from_terminal_signals()
     if not die_with_parent():  # the supervisor died before prctl took effect
-        return
+        return False
     flush_at_exit()  # multiprocessing ends this process with os._exit
-    run_worker()
+    cache.reset()
+    logs.configure_logging(kind)
+    return True
+
+
+def supervised_worker() -> None:
+    """Entry of a queue-worker process forked by the supervisor."""
+    if _child_start("worker", QUEUE_WORKER_NAME):
+        run_worker()
+
+
+def supervised_scheduler(config: Config, owner: str) -> None:
+    """Entry of the scheduler process forked by the supervisor."""
+    if _child_start("scheduler", SCHEDULER_NAME):
+        scheduler.run(config, queue_names(config), owner,
+                      services=lambda: observability.start_worker_services(config))
+
+
+def children(config: Config) -> list[Child]:
+    """The supervisor's children: the queue workers and the scheduler."""
+    # One name per supervisor for the scheduler's queue locks: a scheduler started again after
+    # a crash owns them at once (another supervisor's scheduler takes them once they expire).
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    def fork(target: Callable[[], None], name: str) -> Callable[[], Running]:
+        return lambda: ForkedChild(target, name)
+
+    names = [f"worker-{i + 1}" for i in range(max(1, config.worker_count))]
+    return [*(Child("queue-worker", name, fork(supervised_worker, name)) for name in names),
+            Child("scheduler", "scheduler", fork(lambda: supervised_scheduler(config, owner), "scheduler"))]
 
 
 def main() -> None:
     cfg = get_config()
     observability.check_worker_settings(cfg)
-    count = max(1, cfg.worker_count)
-    if count == 1:
-        logs.configure_logging("worker")
-        observability.start_worker_services(cfg)
-        run_worker()
-        return
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=supervised_worker, name=f"worker-{i}")
-             for i in range(count)]
-    for proc in procs:
-        proc.start()
-    # Threads only after the fork: metrics endpoint and log pruning live in this parent.
-    logs.configure_logging("worker-supervisor")
-    observability.start_worker_services(cfg)
+    set_process_name(SUPERVISOR_NAME)
+    # No thread in this process, ever (see the module's docstring): log lines are written at
+    # once, restarts counted straight into the shared samples.
+    logs.configure_logging("worker-supervisor", to_db=False, background=False)
+    for kind in ("queue-worker", "scheduler"):
+        metrics.PROCESS_RESTARTS.labels(kind=kind)
+    supervisor = Supervisor(
+        children(cfg),
+        log=lambda message, fields: log.warning(message, extra=fields),
+        count=lambda kind: metrics.PROCESS_RESTARTS.labels(kind=kind).inc(),
+    )
+    stopping: list[int] = []
 
-    def stop(_signum: int, _frame: object) -> None:
-        for proc in procs:
-            if proc.is_alive() and proc.pid:
-                os.kill(proc.pid, signal.SIGTERM)
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for proc in procs:
-        proc.join()
+    supervisor.start()
+    supervisor.watch(lambda: bool(stopping))
+    killed = supervisor.stop(cfg.gateway_drain_timeout + JOB_GRACE)
+    if killed:
+        log.warning("children killed after the grace period", extra={"children": killed})
     sys.exit(0)
 
 

@@ -270,8 +270,9 @@ def reset_stores(database_url: str, redis_url: str) -> None:
 @contextmanager
 def local_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start migrations, the gateway server and the workers; yield (url, server process)."""
+    from gateway import serve
     from gateway.embedded import free_port
-    from gateway.run import start_services, stop_services
+    from gateway.run import stop_services
 
     reset_stores(database_url, redis_url)
     port = free_port()
@@ -283,7 +284,9 @@ def local_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[tu
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with open(log_dir / "stack.log", "ab") as stack_log:
-            procs = start_services(env, stdout=stack_log, stderr=stack_log)
+            for argv in (serve.command(), [sys.executable, "-m", "gateway.worker"]):
+                procs.append(subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=stack_log,
+                                              stderr=stack_log))
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, procs[0])
         yield url, procs[0]

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -190,19 +190,22 @@ class Workers:
         return self
 
     def stop(self, sig: int | None = None) -> None:
-        """Stop the workers (SIGTERM: warm shutdown; SIGKILL: the whole group dies at once)."""
+        """Stop the workers (SIGTERM: warm shutdown; SIGKILL: the supervisor and every child it
+        forked die at once, as in a crash of the whole container)."""
         if self.proc is None:
             return
+        family = [self.proc.pid, *child_pids(self.proc.pid)]
         if self.proc.poll() is None:
             if sig == signal.SIGKILL:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                for pid in family:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 self.proc.wait(20)
             else:
-                stop_services([self.proc], grace=20, sig=sig or signal.SIGTERM)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # any straggler (scheduler) of the group
-        except (ProcessLookupError, PermissionError):
-            pass
+                stop_services([self.proc], grace=40, sig=sig or signal.SIGTERM)
+        for pid in family:  # any straggler
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -142,13 +142,13 @@ def test_a_child_whose_parent_died_before_it_asked_is_told_so(family: Any) -> No
 
 def test_a_gateway_server_worker_whose_server_died_ends_before_loading(family: Any, tmp_path: Path) -> None:
     """A granian worker forked just before its server process was killed must not load the
-    gateway and serve on as an orphan: importing gateway.wsgi ends it (SystemExit(0), which
+    gateway and serve on as an orphan: importing gateway.rsgi ends it (SystemExit(0), which
     multiprocessing turns into a clean exit) before it loads anything."""
     prom = tmp_path / "prom"
     prom.mkdir()
     members = family(textwrap.dedent("""
         try:
-            import gateway.wsgi
+            import gateway.rsgi
             result = "loaded"
         except SystemExit as stop:
             result = ("ended", stop.code)
@@ -158,8 +158,10 @@ def test_a_gateway_server_worker_whose_server_died_ends_before_loading(family: A
     assert members.result() == "('ended', 0)"
 
 
-def test_a_queue_worker_whose_supervisor_died_ends_before_taking_jobs(family: Any) -> None:
-    members = family("from gateway.worker import supervised_worker; result = supervised_worker()")
+@pytest.mark.parametrize("entry", ["supervised_worker()", "supervised_scheduler(get_config(), 'owner')"])
+def test_a_queue_side_child_whose_supervisor_died_ends_before_working(family: Any, entry: str) -> None:
+    members = family(f"from minitwitter.config import get_config\n"
+                     f"from gateway.worker import supervised_scheduler, supervised_worker\nresult = {entry}")
     members.kill_parent()
     members.let_child_go()
     assert members.result() == "None"  # it returned instead of running a worker

@@ -329,6 +329,25 @@ def test_reconciler_requeues_forgotten_and_due_items(config: Config) -> None:
     assert (sentiment_row("post", failed)["status"], sentiment_row("post", failed)["label"]) == ("done", "negative")
 
 
+
+def test_popped_items_lose_their_queued_mark_in_the_same_step(config: Config) -> None:
+    """A worker killed right after taking items must not leave their queued marks behind: the
+    marks are cleared by the pop itself, so the reconciler can queue the lost items again."""
+    cfg = use(config, sentiment_pending_grace=5)
+    user = make_user()
+    posts = [make_post(user, f"nice post {n}") for n in range(3)]
+    for post in posts:
+        assert jobs.enqueue_sentiment("post", post, 1)
+    r = cache.client()
+    assert all(r.exists(f"{jobs.QUEUED_PREFIX}post:{p}:1") for p in posts)
+    taken = jobs.pop_items(r, 2)  # ...and the worker that took them dies here
+    assert taken == [f"post:{p}:1:".encode() for p in posts[:2]]
+    assert [r.exists(f"{jobs.QUEUED_PREFIX}post:{p}:1") for p in posts] == [0, 0, 1]
+    db.run("UPDATE posts SET updated_at = now() - interval '1 minute'")
+    assert jobs.reconcile(cfg)["post"] == 2  # the two lost ones; the third is still queued
+    run_worker()
+    assert all(sentiment_row("post", p)["status"] == "done" for p in posts)
+
 # --- callbacks -------------------------------------------------------------------------------
 
 def test_final_failure_is_called_back_and_delivery_gives_up(config: Config, fake: FakeOllama) -> None:

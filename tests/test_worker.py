@@ -20,7 +20,8 @@ def test_workers_stop_when_their_supervisor_is_killed(start_workers: Any) -> Non
     one SIGTERM) instead of running on as orphans that keep taking jobs."""
     workers = start_workers(WORKER_COUNT="2")
     supervisor = workers.proc.pid
-    forked = eventually(lambda: len(child_pids(supervisor)) == 2 and child_pids(supervisor), timeout=30)
+    # two queue workers and the scheduler
+    forked = eventually(lambda: len(child_pids(supervisor)) == 3 and child_pids(supervisor), timeout=30)
     os.kill(supervisor, signal.SIGKILL)
     workers.proc.wait(10)
     eventually(lambda: not any(process_running(pid) for pid in forked), timeout=30)
@@ -33,7 +34,7 @@ def test_workers_started_while_redis_is_down_wait_for_it(start_workers: Any, tmp
     url = f"redis://127.0.0.1:{port}/0"
     workers = start_workers(WORKER_COUNT="2", REDIS_URL=url)
     supervisor = workers.proc.pid
-    forked = eventually(lambda: len(child_pids(supervisor)) == 2 and child_pids(supervisor), timeout=30)
+    forked = eventually(lambda: len(child_pids(supervisor)) == 3 and child_pids(supervisor), timeout=30)
     eventually(lambda: db.scalar("SELECT count(*) FROM logs WHERE message = 'waiting for Redis'"
                                  " AND ts > now() - interval '1 minute'") >= 2, timeout=30)
     assert all(process_running(pid) for pid in forked)

@@ -17,7 +17,8 @@ Flow::
         and its draining mark cleared, in one Lua call (``WorkList.finished``).
 
 Nothing is lost: PostgreSQL is the truth and Redis only a queue. The reconciler, run in every
-worker (one at a time, through a Redis lock) at start and every ``RECONCILE_INTERVAL`` seconds,
+scheduler process (one at a time, through a Redis lock) at start, every ``RECONCILE_INTERVAL``
+seconds and when Redis answers again after an outage,
 re-enqueues items ``pending`` longer than ``SENTIMENT_PENDING_GRACE`` (Redis was down, a worker
 was killed mid-batch), items whose retry is due and ``failed`` items whose backoff has passed,
 and re-queues overdue callback deliveries. Failures: retryable errors (timeouts, connection
@@ -203,6 +204,33 @@ def requeue(tokens: list[str]) -> int:
 
 # --- the worker side ---------------------------------------------------------------------------
 
+#: Pop up to ARGV[1] tokens from KEYS[1] and delete each one's queued mark (ARGV[2] followed by
+#: the token's ``kind:id:version``) in the same step. Deleted after the pop, in a second call, a
+#: worker killed between the two left marks behind that kept the reconciler from queueing those
+#: items again for the marks' 24 hours (1 post in ~100 when queue workers were SIGKILLed under
+#: load). Now a popped item that is lost with its worker is pending without a mark: the
+#: reconciler queues it again after ``SENTIMENT_PENDING_GRACE``.
+_POP_UNMARKED = cache.Lua("""
+local tokens = redis.call('LPOP', KEYS[1], ARGV[1])
+if not tokens then
+  return {}
+end
+for _, token in ipairs(tokens) do
+  local item = string.match(token, '^[^:]*:[^:]*:[^:]*')
+  if item then
+    redis.call('DEL', ARGV[2] .. item)
+  end
+end
+return tokens
+""")
+
+
+def pop_items(r: Any, count: int) -> list[Any]:
+    """Up to ``count`` queued tokens, their queued marks cleared (an item may be queued again at
+    once: an edit, the reconciler)."""
+    return list(_POP_UNMARKED(r, [TODO_KEY], [count, QUEUED_PREFIX]) or [])
+
+
 def drain() -> int:
     """RQ job: classify queued items batch by batch until the queue is empty (or the budget ends).
 
@@ -217,18 +245,16 @@ def drain() -> int:
         while True:
             backend = sentiment.current_backend(cfg)
             size = backend.batch_size * (cfg.ollama_parallel if backend.name == "ollama" else 1)
-            tokens: list[Any] = list(r.lpop(TODO_KEY, size) or [])  # type: ignore[arg-type]
+            tokens = pop_items(r, size)
             if tokens and len(tokens) < size and cfg.sentiment_batch_wait > 0:
                 time.sleep(cfg.sentiment_batch_wait)
-                tokens += list(r.lpop(TODO_KEY, size - len(tokens)) or [])  # type: ignore[arg-type]
+                tokens += pop_items(r, size - len(tokens))
             if not tokens:
                 if TODO_LIST.finished(r):
                     return processed
                 continue  # items arrived after the pop: they are this job's
             items = [i for i in (parse_token(t) for t in tokens) if i is not None]
             if items:
-                # Popped items may be queued again at once (an edit, the reconciler).
-                r.delete(*{i.queued_key for i in items})
                 processed += process_batch(items, backend, cfg)
             if time.monotonic() > deadline:
                 if not TODO_LIST.finished(r):
@@ -427,27 +453,22 @@ def reconcile(config: Config | None = None) -> dict[str, int]:
     return counts
 
 
-def _reconcile_loop(worker_name: str, cfg: Config) -> None:
+def _watch_backend(cfg: Config) -> None:
     while True:
-        with logs.context(function="sentiment-reconciler"):
+        with logs.context(function="sentiment-backend"):
             try:
                 sentiment.current_backend(cfg)  # "auto" re-checks Ollama's /api/tags when due
-                if cache.client(cfg).set(RECONCILE_LOCK, worker_name, nx=True,
-                                         px=max(100, int(cfg.reconcile_interval * 900))):
-                    reconcile(cfg)
-            except (redis.RedisError, OSError) as exc:
-                cache.mark_down(exc)
             except Exception:
-                log.exception("reconciler failed")
-        time.sleep(max(0.2, cfg.reconcile_interval))
+                log.exception("sentiment backend check failed")
+        time.sleep(max(0.2, min(cfg.ollama_check_interval, cfg.reconcile_interval)))
 
 
-def on_worker_start(worker: Any) -> None:
-    """Hook called by ``gateway.worker`` before a worker starts: run the reconciler loop."""
+def on_worker_start(worker: Any) -> None:  # noqa: ARG001 - the worker hook's signature
+    """Hook called by ``gateway.worker`` when a queue worker starts: keep its sentiment backend
+    choice (and the ``minitwitter_sentiment_backend_active`` gauge) current while it idles. The
+    reconciler runs in the scheduler process (``gateway.scheduler``)."""
     cfg = get_config()
-    thread = threading.Thread(target=_reconcile_loop, args=(str(worker.name), cfg),
-                              name="sentiment-reconciler", daemon=True)
-    thread.start()
+    threading.Thread(target=_watch_backend, args=(cfg,), name="sentiment-backend", daemon=True).start()
 
 
 # --- metrics at scrape time --------------------------------------------------------------------

@@ -194,10 +194,14 @@ class LogSink:
     never dropped: past ``capacity`` the caller writes them itself.
     """
 
-    def __init__(self, stream: Any, *, capacity: int = 10000, store: bool = True) -> None:
+    def __init__(self, stream: Any, *, capacity: int = 10000, store: bool = True,
+                 background: bool = True) -> None:
         self.stream = stream
         self.capacity = capacity
         self.store = store
+        #: False: every line is written at once and nothing is stored (a supervisor, which must
+        #: run no thread: a process it forks would inherit whatever lock the thread held).
+        self.background = background
         self.unwritten: deque[str] = deque()
         self.unstored: deque[str] = deque()
         self.dropped = 0
@@ -217,10 +221,12 @@ class LogSink:
             else:
                 self._drop(1)
         self.unwritten.append(line)
-        if urgent or len(self.unwritten) >= self.capacity:
+        if urgent or not self.background or len(self.unwritten) >= self.capacity:
             self.write()
-        elif self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+        elif self._thread is None or self._pid != os.getpid():
             self._start()
+        elif not self._thread.is_alive():
+            self._restart()
 
     # -- the background thread ------------------------------------------------------------------
     def _start(self) -> None:
@@ -228,6 +234,18 @@ class LogSink:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="log-sink", daemon=True)
         self._thread.start()
+
+    def _restart(self) -> None:
+        """The shipping thread died (an error it could not survive): start a new one, say so
+        on the stream and count it (``minitwitter_process_restarts_total{kind="log-shipper"}``)."""
+        from . import metrics
+
+        self._start()
+        metrics.child(metrics.PROCESS_RESTARTS, "log-shipper").inc()
+        notice = json.dumps({"time": datetime.now(UTC).isoformat(), "level": "WARNING",
+                               "logger": __name__, "message": "log shipper thread died; started a new one"})
+        self.unwritten.append(notice)
+        self.write()
 
     def _run(self) -> None:
         last_store = time.monotonic()
@@ -380,8 +398,10 @@ class JsonLogHandler(logging.Handler):
 _sink: LogSink | None = None
 
 
-def configure_logging(process: str, *, level: str | None = None, to_db: bool | None = None) -> None:
-    """Set up JSON logging on stderr (and to PostgreSQL) for this process; idempotent."""
+def configure_logging(process: str, *, level: str | None = None, to_db: bool | None = None,
+                      background: bool = True) -> None:
+    """Set up JSON logging on stderr (and to PostgreSQL) for this process; idempotent.
+    ``background=False``: no thread, each line written at once, nothing stored."""
     global _sink
     from .config import get_config
 
@@ -400,7 +420,8 @@ def configure_logging(process: str, *, level: str | None = None, to_db: bool | N
     store = to_db if to_db is not None else cfg.log_to_db
     if _sink is not None:
         _sink.close()
-    _sink = LogSink(sys.stderr, capacity=cfg.log_buffer_size, store=store)
+    _sink = LogSink(sys.stderr, capacity=cfg.log_buffer_size, store=store and background,
+                    background=background)
     root.addHandler(JsonLogHandler(_sink))
     logging.getLogger("minitwitter").info("logging configured", extra={"component": process})
 
