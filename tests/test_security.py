@@ -48,3 +48,19 @@ def test_malformed_or_out_of_range_claims_are_401(api: Api, config: Config, clai
         assert response.status_code == 401, (claims, function, response.get_data(as_text=True))
         assert set(response.json) == {"error", "details"}
         assert_clean(response)
+
+
+# --- 8. the contract: empty cursors are malformed -------------------------------------------
+
+@pytest.mark.parametrize("param", ["max_id", "since_id", "min_id", "limit"])
+@pytest.mark.parametrize("function, path", [("list-posts", "/"), ("home-timeline", "/"),
+                                            ("list-comments", "/{post}")])
+def test_empty_cursor_or_limit_is_400(api: Api, param: str, function: str, path: str) -> None:
+    alice = api.account("alice")
+    post = api.call("create-post", "POST", json={"content": "hello"}, token=alice.token).json
+    response = api.call(function, "GET", path.format(post=post["id"]), query=f"{param}=",
+                        token=alice.token)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["error"] == "invalid pagination parameters"
+    assert list(response.json["details"]) == [param]
+
