@@ -6,6 +6,7 @@ start a real gateway (granian) and, where the guarantee crosses the queue, real 
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from typing import Any
@@ -64,3 +65,29 @@ def test_empty_cursor_or_limit_is_400(api: Api, param: str, function: str, path:
     assert response.json["error"] == "invalid pagination parameters"
     assert list(response.json["details"]) == [param]
 
+
+# --- 9. log lines holding NUL are stored, nothing dropped -------------------------------------
+
+def test_log_lines_with_nul_are_stored_with_every_field(config: Config) -> None:
+    """PostgreSQL's text and jsonb cannot hold NUL (22P05): it was refusing the batch, then the
+    line. Each field is stored, the NUL written as the six characters ``\\u0000``."""
+    from minitwitter import db, logs
+    from tests.test_logs import logger_for
+
+    sink = logs.LogSink(io.StringIO(), capacity=100)
+    try:
+        log = logger_for(sink)
+        with logs.context(function="get-user\x00", call_id="call\x00id"):
+            log.info("request\x00", extra={"path": "/\x00", "method": "GET", "status": 404,
+                                           "literal": "\\u0000 stays as it was"})
+            log.info("a line without NUL in the same batch")
+        sink.flush()
+    finally:
+        sink.close()
+    assert sink.dropped == 0
+    rows = db.run("SELECT message, function, call_id, status, extra FROM logs ORDER BY id")
+    assert rows == [
+        ["request\\u0000", "get-user\\u0000", "call\\u0000id", 404,
+         {"path": "/\\u0000", "method": "GET", "literal": "\\u0000 stays as it was"}],
+        ["a line without NUL in the same batch", "get-user\\u0000", "call\\u0000id", None, None],
+    ]

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -315,6 +316,21 @@ def drain(items: deque[T], limit: int | None = None) -> list[T]:
     return taken
 
 
+#: A JSON ``\u0000`` escape (preceded by an even number of backslashes, so not the text
+#: ``\\u0000``, an escaped backslash followed by "u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def storable(batch: str) -> str:
+    """JSON text PostgreSQL can store: NUL, which neither ``text`` nor ``jsonb`` can hold (SQLSTATE
+    22P05 refused the whole batch, and then the line), becomes the six characters ``\u0000``.
+
+    A request for ``/function/get-user/%00`` logs its path with a NUL; the line is kept, showing
+    where the NUL was. Other control characters are stored as they are.
+    """
+    return _NUL_ESCAPE.sub(r"\1\\\\u0000", batch) if "\\u0000" in batch else batch
+
+
 def store_lines(lines: list[str], *, checked: bool = False) -> None:
     """Insert JSON log lines (as :class:`JsonFormatter` writes them) with one statement.
 
@@ -325,8 +341,8 @@ def store_lines(lines: list[str], *, checked: bool = False) -> None:
     """
     from . import db
 
-    db.run(STORE_CHECKED_SQL if checked else STORE_SQL, lines="[" + ",".join(lines) + "]",
-           instance=INSTANCE)
+    db.run(STORE_CHECKED_SQL if checked else STORE_SQL,
+           lines=storable("[" + ",".join(lines) + "]"), instance=INSTANCE)
 
 
 def _store_checked(batch: list[str]) -> int:
