@@ -14,8 +14,9 @@ from typing import Any
 import jwt
 import pytest
 
-from minitwitter.config import Config
-from tests.api import Api
+from minitwitter.config import Config, set_config
+from tests.api import PASSWORD, Api
+from tests.conftest import at_once
 from tests.test_accounts import assert_clean
 
 
@@ -91,3 +92,112 @@ def test_log_lines_with_nul_are_stored_with_every_field(config: Config) -> None:
          {"path": "/\\u0000", "method": "GET", "literal": "\\u0000 stays as it was"}],
         ["a line without NUL in the same batch", "get-user\\u0000", "call\\u0000id", None, None],
     ]
+
+
+# --- 2. failed logins per account ----------------------------------------------------------
+
+@pytest.fixture
+def failures(config: Config) -> Any:
+    """Rate limits on, generous per-IP budgets, ``failures(limit, window)`` failed logins allowed."""
+
+    def apply(limit: int = 5, window: int = 900) -> Config:
+        cfg = config.with_overrides(rate_limit_enabled=True, rate_limit_login=1000, rate_limit_ip=1000,
+                                    login_failure_limit=limit, login_failure_window=window)
+        set_config(cfg)
+        return cfg
+
+    return apply
+
+
+def guess(api: Api, name: str, ip: str, password: str = "wrong password") -> Any:
+    return api.call("login", "POST", json={"username": name, "password": password}, remote_addr=ip)
+
+
+def argon2_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every argon2 verification (the work a login does per guess)."""
+    from minitwitter import auth
+
+    seen: list[str] = []
+    hasher = auth._hasher
+
+    class Recording:
+        def verify(self, hash_: str, password: str) -> bool:
+            seen.append(password)
+            return hasher.verify(hash_, password)
+
+        def hash(self, password: str) -> str:
+            return hasher.hash(password)
+
+    monkeypatch.setattr(auth, "_hasher", Recording())
+    return seen
+
+
+def test_failed_logins_from_rotating_addresses_are_limited_per_account(
+        api: Api, failures: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.account("alice")
+    failures(limit=5, window=900)
+    checked = argon2_verifications(monkeypatch)
+    statuses = [guess(api, "alice", f"198.51.100.{i}").status_code for i in range(60)]
+    assert statuses == [401] * 5 + [429] * 55
+    assert len(checked) == 5  # refused attempts are not even checked
+    refused = guess(api, "alice", "203.0.113.1", PASSWORD)  # even the right password waits
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 900
+    assert refused.json == {"error": "rate limit exceeded",
+                            "details": {"retry_after": int(refused.headers["Retry-After"])}}
+    # other accounts are untouched
+    api.register("bob")
+    assert guess(api, "bob", "198.51.100.1", PASSWORD).status_code == 200
+
+
+def test_parallel_guesses_cannot_slip_past_the_limit(api: Api, failures: Any) -> None:
+    api.account("alice")
+    failures(limit=3)
+    statuses = at_once(lambda: guess(api, "alice", "198.51.100.7").status_code, 12)
+    assert sorted(statuses) == [401] * 3 + [429] * 9
+
+
+def test_unknown_usernames_are_answered_the_same_way_after_the_same_work(
+        api: Api, failures: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.account("alice")
+    failures(limit=2)
+    checked = argon2_verifications(monkeypatch)
+
+    def shape(response: Any) -> tuple[Any, ...]:
+        """Everything but the call id and the seconds left (the clock moves between calls)."""
+        headers = {k: v for k, v in response.headers.items() if k not in ("X-Call-Id", "Retry-After")}
+        body = response.json
+        body["details"].pop("retry_after", None)
+        return response.status_code, body, headers
+
+    known = [shape(guess(api, "alice", "198.51.100.1")) for _ in range(4)]
+    known_checks = len(checked)
+    unknown = [shape(guess(api, "nobody", "198.51.100.2")) for _ in range(4)]
+    assert [s for s, _, _ in known] == [401, 401, 429, 429]
+    assert unknown == known
+    assert len(checked) - known_checks == known_checks == 2
+
+
+def test_the_owner_is_never_locked_out_for_longer_than_the_window(
+        api: Api, failures: Any) -> None:
+    """The refusal ends with the window; and from an address the owner logged in from before,
+    the owner gets in even while the account is under attack."""
+    api.account("alice")  # logged in once from 127.0.0.1
+    failures(limit=2, window=3)
+    assert guess(api, "alice", "127.0.0.1", PASSWORD).status_code == 200  # a known address now
+    while int(time.time()) % 3:  # start at a window's beginning: the refusals below share it
+        time.sleep(0.05)
+    statuses = [guess(api, "alice", f"198.51.100.{i}").status_code for i in range(4)]
+    assert statuses == [401, 401, 429, 429]
+    assert guess(api, "alice", "198.51.100.9", PASSWORD).status_code == 429
+    assert guess(api, "alice", "127.0.0.1", PASSWORD).status_code == 200  # known address
+    time.sleep(3 - time.time() % 3 + 0.05)  # the window is over
+    assert guess(api, "alice", "198.51.100.9", PASSWORD).status_code == 200
+
+
+def test_a_successful_login_gives_its_place_back(api: Api, failures: Any) -> None:
+    api.account("alice")
+    failures(limit=2)
+    for _ in range(5):
+        assert guess(api, "alice", "198.51.100.1", PASSWORD).status_code == 200
+    assert [guess(api, "alice", "198.51.100.2").status_code for _ in range(3)] == [401, 401, 429]

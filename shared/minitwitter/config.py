@@ -135,6 +135,10 @@ class Config:
     rate_limit_login: int = 10
     rate_limit_register: int = 5
     rate_limit_enabled: bool = True
+    #: Failed logins per username (and failed /system/* basic auths per client IP: the login
+    #: budget) before further attempts wait for the window's end, which bounds the wait.
+    login_failure_limit: int = 5
+    login_failure_window: int = 900
     # queue and workers
     worker_count: int = 2
     async_queue: str = "faas-request"
@@ -232,6 +236,8 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         rate_limit_login=_int(env, "RATE_LIMIT_LOGIN", d.rate_limit_login),
         rate_limit_register=_int(env, "RATE_LIMIT_REGISTER", d.rate_limit_register),
         rate_limit_enabled=_bool(env, "RATE_LIMIT_ENABLED", d.rate_limit_enabled),
+        login_failure_limit=_int(env, "LOGIN_FAILURE_LIMIT", d.login_failure_limit),
+        login_failure_window=_int(env, "LOGIN_FAILURE_WINDOW", d.login_failure_window),
         worker_count=_int(env, "WORKER_COUNT", d.worker_count),
         async_queue=env.get("ASYNC_QUEUE", d.async_queue),
         async_callback_attempts=_int(env, "ASYNC_CALLBACK_ATTEMPTS", d.async_callback_attempts),
