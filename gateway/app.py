@@ -39,6 +39,8 @@ log = logging.getLogger("minitwitter.gateway")
 
 VERSION = "0.27.14"
 SERVED_BY = f"openfaas-ce/{VERSION} (minitwitter local gateway)"
+#: What /healthz and /metrics answer (HEAD as GET without the body); anything else is a 405.
+READ_METHODS = ("GET", "HEAD")
 
 
 def json_error(status: int, message: str, details: dict[str, Any] | None = None,
@@ -87,6 +89,9 @@ class Gateway:
         try:
             if path.startswith("/async-function/"):
                 return self.invoke_async(request, path[len("/async-function/"):])
+            if path in ("/healthz", "/metrics") and request.method not in READ_METHODS:
+                return json_error(405, "method not allowed", {"allowed": list(READ_METHODS)},
+                                  {"Allow": ", ".join(READ_METHODS)})
             if path == "/healthz":
                 return self.healthz()
             if path == "/metrics":

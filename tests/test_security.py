@@ -7,16 +7,20 @@ start a real gateway (granian) and, where the guarantee crosses the queue, real 
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 
-from minitwitter.config import Config, set_config
+from minitwitter import db
+from minitwitter.config import REPO_ROOT, Config, load_config, set_config
 from tests.api import PASSWORD, Api
-from tests.conftest import at_once
+from tests.callback_receiver import Receiver
+from tests.conftest import Gateway, at_once, base_env, eventually
 from tests.test_accounts import assert_clean
 
 
@@ -72,7 +76,7 @@ def test_empty_cursor_or_limit_is_400(api: Api, param: str, function: str, path:
 def test_log_lines_with_nul_are_stored_with_every_field(config: Config) -> None:
     """PostgreSQL's text and jsonb cannot hold NUL (22P05): it was refusing the batch, then the
     line. Each field is stored, the NUL written as the six characters ``\\u0000``."""
-    from minitwitter import db, logs
+    from minitwitter import logs
     from tests.test_logs import logger_for
 
     sink = logs.LogSink(io.StringIO(), capacity=100)
@@ -201,3 +205,65 @@ def test_a_successful_login_gives_its_place_back(api: Api, failures: Any) -> Non
     for _ in range(5):
         assert guess(api, "alice", "198.51.100.1", PASSWORD).status_code == 200
     assert [guess(api, "alice", "198.51.100.2").status_code for _ in range(3)] == [401, 401, 429]
+
+
+# --- through a real gateway and real queue-workers -----------------------------------------
+
+#: A loopback address that is not a trusted proxy: the test client, as an outside client.
+CLIENT_ADDR = "127.0.0.2"
+FUNCTIONS = REPO_ROOT / "functions"
+ECHO_HANDLER = REPO_ROOT / "tests" / "fixtures" / "functions" / "echo"
+GATEWAY_ENV = {"GATEWAY_WORKERS": "1", "GATEWAY_THREADS": "3", "RATE_LIMIT_ENABLED": "true",
+               "RATE_LIMIT_LOGIN": "2", "RATE_LIMIT_REGISTER": "2", "LOGIN_FAILURE_LIMIT": "1000",
+               "GATEWAY_STATE_TTL": "0.2"}
+
+
+@pytest.fixture(scope="module")
+def gw(stores: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One gateway (1 process, 3 threads) for the module: the account functions and echo, rate
+    limits on (login and register: 2 per minute per client)."""
+    tmp = tmp_path_factory.mktemp("security-gw")
+    stack = tmp / "stack.yml"
+    functions = {name: FUNCTIONS / name for name in ("register", "login", "get-user", "create-post")}
+    functions["echo"] = ECHO_HANDLER
+    stack.write_text("version: 1.0\nprovider:\n  name: openfaas\n  gateway: http://127.0.0.1:8080\n"
+                     "functions:\n" + "".join(
+                         f"  {name}:\n    lang: python3-ff\n    handler: {path}\n    image: test/{name}:latest\n"
+                         for name, path in functions.items()))
+    set_config(load_config(base_env(stores)))
+    db.run("DELETE FROM gateway_functions")
+    gateway = Gateway(base_env(stores, STACK_FILE=str(stack), **GATEWAY_ENV), tmp / "gateway.log")
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def outside(gw: Any) -> httpx.Client:
+    """A client connecting from CLIENT_ADDR (not a trusted proxy)."""
+    return httpx.Client(base_url=gw.url, transport=httpx.HTTPTransport(local_address=CLIENT_ADDR),
+                        timeout=30.0)
+
+
+def callbacks_of(receiver: Receiver, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The first ``count`` callbacks the receiver got (waits for them)."""
+    eventually(lambda: len(receiver.received) >= count, timeout=timeout)
+    return receiver.received[:count]
+
+
+def function_status(callback: dict[str, Any]) -> int:
+    return int({k.lower(): v for k, v in callback["headers"].items()}["x-function-status"])
+
+
+# --- 8. /healthz and /metrics answer GET and HEAD only ---------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/healthz", "/metrics"])
+def test_health_and_metrics_refuse_other_methods_with_405(gw: Any, path: str) -> None:
+    assert httpx.get(gw.url + path).status_code == 200
+    head = httpx.head(gw.url + path)
+    assert head.status_code == 200 and head.content == b""
+    for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
+        response = httpx.request(method, gw.url + path)
+        assert response.status_code == 405, method
+        assert response.headers["Allow"] == "GET, HEAD"
+        assert response.json() == {"error": "method not allowed", "details": {"allowed": ["GET", "HEAD"]}}
