@@ -27,9 +27,9 @@ import orjson
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.wrappers import Request, Response
 
-from minitwitter import cache, db, errors, logs, metrics
+from minitwitter import cache, db, errors, identity, logs, metrics
 from minitwitter.config import Config, use_config
-from minitwitter.http import dumps, new_call_id
+from minitwitter.http import client_ip, dumps, new_call_id
 from minitwitter.runtime import StartResponse, WSGIEnv
 
 from . import handoff, observability, queue_worker
@@ -144,6 +144,8 @@ class Gateway:
         inner["HTTP_X_START_TIME"] = str(started_ns)
         inner.setdefault("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", ""))
         inner.setdefault("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", ""))
+        # The queue-worker's signed client address of an async call; anyone else's is dropped.
+        identity.accept(inner, call_id, self.config.jwt_secret)
         status, headers, body = self._run_function(hosted, inner)
         duration = time.perf_counter() - started
         code = status.split(" ", 1)[0]
@@ -225,13 +227,16 @@ class Gateway:
         if len(body) > self.config.max_body_bytes * 16:
             return json_error(413, "request body too large")
         headers = [(k, v) for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "connection", "x-call-id", "x-start-time")]
+                   if k.lower() not in ("host", "content-length", "connection", "x-call-id", "x-start-time",
+                                        identity.HEADER.lower())]
         headers += [("X-Call-Id", call_id), ("X-Start-Time", started_ns)]
         message = {
             "Function": name, "Namespace": namespace, "Path": sub_path if sub_path != "/" else "",
             "QueryString": request.query_string.decode("latin-1"), "Method": request.method,
             "Header": headers, "Body": base64.b64encode(body).decode("ascii"),
             "CallbackUrl": callback or None, "CallId": call_id, "QueueName": self.config.async_queue,
+            # The client as a sync call would count it (rate limits); the worker sends it signed.
+            "ClientIp": client_ip(request),
         }
         try:
             queue_worker.enqueue_invocation(message, self.config)

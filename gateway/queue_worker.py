@@ -18,7 +18,7 @@ import httpx
 import redis
 from rq import Queue, Retry
 
-from minitwitter import cache, errors, logs, metrics, netguard
+from minitwitter import cache, errors, identity, logs, metrics, netguard
 from minitwitter.config import Config, get_config
 
 log = logging.getLogger("minitwitter.queue_worker")
@@ -28,6 +28,10 @@ USER_AGENT = "openfaas-ce/nats-queue-worker"
 CALLBACK_BACKOFF = [1, 2, 4, 8, 16, 32, 64]
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "te",
               "upgrade", "proxy-authorization", "proxy-authenticate", "trailer"}
+#: Request headers the worker does not replay: the client's address travels signed instead
+#: (:mod:`minitwitter.identity`); from the worker, a forwarded address would be believed.
+NOT_REPLAYED = HOP_BY_HOP | {"user-agent", "x-forwarded-for", "forwarded", "x-real-ip",
+                             identity.HEADER.lower()}
 
 
 def queue(name: str, config: Config | None = None) -> Queue:
@@ -54,8 +58,10 @@ def run_invocation(message: dict[str, Any]) -> int:
         url = f"{cfg.gateway_url}/function/{name}{message.get('Path') or ''}"
         if message.get("QueryString"):
             url += "?" + message["QueryString"]
-        headers = [(k, v) for k, v in message.get("Header") or [] if k.lower() not in HOP_BY_HOP]
-        headers = [(k, v) for k, v in headers if k.lower() != "user-agent"] + [("User-Agent", USER_AGENT)]
+        headers = [(k, v) for k, v in message.get("Header") or [] if k.lower() not in NOT_REPLAYED]
+        headers.append(("User-Agent", USER_AGENT))
+        if message.get("ClientIp") and cfg.jwt_secret:
+            headers.append((identity.HEADER, identity.sign(message["ClientIp"], call_id or "", cfg.jwt_secret)))
         body = base64.b64decode(message.get("Body") or "")
         started = time.perf_counter()
         try:

@@ -254,6 +254,59 @@ def function_status(callback: dict[str, Any]) -> int:
     return int({k.lower(): v for k, v in callback["headers"].items()}["x-function-status"])
 
 
+# --- 1. async invocations count against their client's own budgets --------------------------
+
+@pytest.mark.slow
+def test_a_client_at_429_stays_at_429_through_async_function(gw: Any, start_workers: Any) -> None:
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1")
+    login = {"username": "alice", "password": "wrong password"}
+    with outside(gw) as http, Receiver() as receiver:
+        assert http.post("/function/register", json={"username": "alice", "password": PASSWORD}).status_code == 201
+        assert [http.post("/function/login", json=login).status_code for _ in range(3)] == [401, 401, 429]
+        # Through the queue, with and without a forged X-Forwarded-For: the worker's calls come
+        # from 127.0.0.1, a trusted proxy, which used to make each of them a fresh client.
+        spoofed = [{}, {"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "198.51.100.1, 127.0.0.1"},
+                   {"X-Minitwitter-Client": "203.0.113.8 9999999999 " + "0" * 64}]
+        for headers in spoofed:
+            queued = http.post("/async-function/login", json=login,
+                               headers={"X-Callback-Url": receiver.url, **headers})
+            assert queued.status_code == 202
+        results = callbacks_of(receiver, len(spoofed))
+        assert [function_status(c) for c in results] == [429] * len(spoofed)
+        assert all(json.loads(c["body"])["error"] == "rate limit exceeded" for c in results)
+        # register's budget holds the same way
+        assert http.post("/function/register", json={"username": "bob", "password": PASSWORD}).status_code == 201
+        assert http.post("/async-function/register", json={"username": "carol", "password": PASSWORD},
+                         headers={"X-Callback-Url": receiver.url,
+                                  "X-Forwarded-For": "203.0.113.9"}).status_code == 202
+        assert function_status(callbacks_of(receiver, len(spoofed) + 1)[-1]) == 429
+    assert db.scalar("SELECT count(*) FROM users WHERE username = 'carol'") == 0
+    # Another client's async call is its own: counted in its bucket, not refused.
+    with httpx.Client(base_url=gw.url, transport=httpx.HTTPTransport(local_address="127.0.0.3"),
+                      timeout=30.0) as other, Receiver() as receiver:
+        assert other.post("/async-function/login", json=login,
+                          headers={"X-Callback-Url": receiver.url}).status_code == 202
+        assert function_status(callbacks_of(receiver, 1)[0]) == 401
+
+
+@pytest.mark.no_stores
+def test_the_carried_client_address_cannot_be_forged() -> None:
+    from minitwitter import identity
+
+    value = identity.sign("198.51.100.4", "call-1", "k" * 32)
+    assert identity.verify(value, "call-1", "k" * 32) == "198.51.100.4"
+    assert identity.verify(value, "call-2", "k" * 32) is None  # bound to its call
+    assert identity.verify(value, "call-1", "x" * 32) is None  # another key
+    assert identity.verify(value.replace("198.51.100.4", "198.51.100.5"), "call-1", "k" * 32) is None
+    assert identity.verify(value, "call-1", "k" * 32, now=time.time() + identity.VALID_SECONDS + 1) is None
+    assert identity.verify(value, "call-1", "") is None  # no key, no trust
+    for junk in ("", "x", "1.2.3.4 5", "1.2.3.4 -5 ab", "not-an-ip 9999999999 ab"):
+        assert identity.verify(junk, "call-1", "k" * 32) is None
+    environ = {identity.ENVIRON_HEADER: value, identity.ENVIRON_KEY: "10.0.0.1"}
+    identity.accept(environ, "call-2", "k" * 32)
+    assert environ == {}  # a header that does not verify is dropped, with anything claimed before
+
+
 # --- 8. /healthz and /metrics answer GET and HEAD only ---------------------------------------
 
 @pytest.mark.slow
