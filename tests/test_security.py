@@ -16,7 +16,7 @@ import httpx
 import jwt
 import pytest
 
-from minitwitter import db
+from minitwitter import cache, db
 from minitwitter.config import REPO_ROOT, Config, load_config, set_config
 from tests.api import PASSWORD, Api
 from tests.callback_receiver import Receiver
@@ -320,3 +320,36 @@ def test_health_and_metrics_refuse_other_methods_with_405(gw: Any, path: str) ->
         assert response.status_code == 405, method
         assert response.headers["Allow"] == "GET, HEAD"
         assert response.json() == {"error": "method not allowed", "details": {"allowed": ["GET", "HEAD"]}}
+
+
+# --- 7. callbacks the worker would refuse are refused at submission -------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.2:8000/hook", "address 127.0.0.2 is not allowed"),  # loopback, not allowed
+    ("http://10.1.2.3/hook", "address 10.1.2.3 is not allowed"),
+    ("http://192.168.0.1/hook", "address 192.168.0.1 is not allowed"),
+    ("http://169.254.169.254/latest/meta-data", "address 169.254.169.254 is not allowed"),
+    ("http://[fd00::1]/hook", "address fd00::1 is not allowed"),
+    ("http://0.0.0.0/hook", "address 0.0.0.0 is not allowed"),
+    ("http://127.0.0.1/" + "x" * 2048, "must be an http(s) URL of at most 2048 characters"),
+    ("ftp://127.0.0.1/hook", "must be an absolute http or https URL"),
+    ("javascript:alert(1)", "must be an absolute http or https URL"),
+    ("http://user:secret@127.0.0.1/hook", "must not contain credentials"),
+    ("http://127.0.0.1:99999/hook", "has an invalid port"),
+])
+def test_async_callback_the_worker_would_refuse_is_a_400_with_the_reason(gw: Any, url: str, reason: str) -> None:
+    from rq import Queue
+
+    response = httpx.post(f"{gw.url}/async-function/echo", content=b"x", headers={"X-Callback-Url": url})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": "X-Callback-Url refused", "details": {"X-Callback-Url": [reason]}}
+    assert len(Queue("faas-request", connection=cache.client())) == 0  # nothing was queued
+
+
+@pytest.mark.slow
+def test_an_allowed_callback_is_accepted(gw: Any) -> None:
+    """127.0.0.1 is in CALLBACK_ALLOW_HOSTS here (tests/conftest.py's base_env)."""
+    response = httpx.post(f"{gw.url}/async-function/echo", content=b"x",
+                          headers={"X-Callback-Url": "http://127.0.0.1:9/hook"})
+    assert response.status_code == 202
