@@ -40,6 +40,10 @@ VERSION = "0.27.14"
 SERVED_BY = f"openfaas-ce/{VERSION} (minitwitter local gateway)"
 #: What /healthz and /metrics answer (HEAD as GET without the body); anything else is a 405.
 READ_METHODS = ("GET", "HEAD")
+#: Response headers the gateway sets on an invocation: a function's own of the same name give
+#: way (each header once, the gateway's value, as the OpenFaaS gateway does).
+GATEWAY_HEADERS = frozenset({"x-call-id", "x-start-time", "x-served-by", "x-duration-seconds",
+                             "x-gateway-instance"})
 
 
 def json_error(status: int, message: str, details: dict[str, Any] | None = None,
@@ -120,11 +124,8 @@ class Gateway:
         function_name = f"{name}.{namespace}"
         started_ns = time.time_ns()
         started = time.perf_counter()
-        client_call_id = environ.get("HTTP_X_CALL_ID")
-        call_id = client_call_id or new_call_id()
-        extra_headers = [("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY)]
-        if not client_call_id:
-            extra_headers.append(("X-Call-Id", call_id))
+        call_id = environ.get("HTTP_X_CALL_ID") or new_call_id()
+        extra_headers = [("X-Call-Id", call_id), ("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY)]
         hosted = None
         if namespace == self.config.function_namespace and name:
             try:
@@ -155,7 +156,7 @@ class Gateway:
                 log.info("invocation", extra={"method": environ.get("REQUEST_METHOD"),
                                               "path": sub_path, "status": int(code),
                                               "duration_ms": round(duration * 1000, 3)})
-        headers = [h for h in headers if h[0].lower() != "x-duration-seconds"]
+        headers = [h for h in headers if h[0].lower() not in GATEWAY_HEADERS]
         headers.append(("X-Duration-Seconds", f"{duration:.6f}"))
         start_response(status, headers + extra_headers)
         return [body]

@@ -77,8 +77,9 @@ def run_invocation(message: dict[str, Any]) -> int:
                                                      "duration_ms": round(duration * 1000, 3)})
         callback = message.get("CallbackUrl")
         if callback:
-            cb_headers = {k: v for k, v in resp_headers if k.lower() not in HOP_BY_HOP}
-            cb_headers.update({
+            # The function's headers (httpx spells them in lower case), then the worker's:
+            # each name once, the worker's value winning, as the OpenFaaS queue-worker does.
+            cb_headers = netguard.merge_headers({k: v for k, v in resp_headers if k.lower() not in HOP_BY_HOP}, {
                 "X-Duration-Seconds": f"{duration:f}",
                 "X-Function-Status": str(status),
                 "X-Function-Name": name,

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -353,3 +354,53 @@ def test_an_allowed_callback_is_accepted(gw: Any) -> None:
     response = httpx.post(f"{gw.url}/async-function/echo", content=b"x",
                           headers={"X-Callback-Url": "http://127.0.0.1:9/hook"})
     assert response.status_code == 202
+
+
+# --- 5. each header once, the gateway's value winning ------------------------------------------
+
+def repeated(raw: list[tuple[Any, Any]]) -> list[str]:
+    """Header names (any case) that occur more than once in a raw header list."""
+    names = Counter((k.decode() if isinstance(k, bytes) else k).lower() for k, _ in raw)
+    return sorted(name for name, count in names.items() if count > 1)
+
+
+@pytest.mark.slow
+def test_sync_responses_carry_each_header_once(gw: Any) -> None:
+    with httpx.Client(base_url=gw.url, timeout=30.0) as http:
+        assert http.post("/function/register", json={"username": "alice", "password": PASSWORD}).status_code == 201
+        responses = [http.get("/function/get-user/alice"),  # an endpoint: it sets X-Call-Id too
+                     http.get("/function/get-user/alice", headers={"X-Call-Id": "mine"}),
+                     http.get("/function/get-user/nobody"),
+                     http.get("/function/nope"),
+                     http.get("/function/echo")]
+        for response in responses:
+            assert repeated(response.headers.raw) == [], (response.request.url, response.headers.raw)
+            assert len(response.headers.get_list("X-Call-Id")) == 1
+        assert responses[1].headers["X-Call-Id"] == "mine"
+        # A function's own values of the gateway's headers give way to the gateway's.
+        forged = http.get("/function/echo", params=[("set_header", "X-Call-Id:forged"),
+                                                    ("set_header", "x-duration-seconds:999"),
+                                                    ("set_header", "X-Start-Time:1")])
+    assert repeated(forged.headers.raw) == []
+    assert forged.headers["X-Call-Id"] == forged.json()["call_id"] != "forged"
+    assert forged.headers["X-Start-Time"] == forged.json()["start_time"] != "1"
+    assert float(forged.headers["X-Duration-Seconds"]) < 999
+
+
+@pytest.mark.slow
+def test_async_callbacks_carry_each_header_once(gw: Any, start_workers: Any) -> None:
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1")
+    with Receiver() as receiver:
+        plain = httpx.post(f"{gw.url}/async-function/echo", content=b"x",
+                           headers={"X-Callback-Url": receiver.url})
+        forged = httpx.post(f"{gw.url}/async-function/echo?status=404&set_header=Content-Type:text/plain"
+                            "&set_header=X-Function-Status:200&set_header=x-call-id:forged",
+                            content=b"x", headers={"X-Callback-Url": receiver.url})
+        received = {c["headers"]["X-Call-Id"]: c for c in callbacks_of(receiver, 2)}
+    for queued in (plain, forged):
+        callback = received[queued.headers["X-Call-Id"]]
+        assert repeated(callback["raw_headers"]) == [], callback["raw_headers"]
+    got = {k.lower(): v for k, v in received[forged.headers["X-Call-Id"]]["raw_headers"]}
+    assert got["content-type"] == "text/plain"  # the function's: it describes the body
+    assert got["x-function-status"] == "404"  # the worker's
+    assert float(got["x-duration-seconds"]) >= 0
