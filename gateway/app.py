@@ -67,12 +67,16 @@ class Gateway:
         self.config = config
         self.registry = registry or Registry(config)
         self.instance = f"{socket.gethostname()}:{config.gateway_port}"
+        #: X-Served-By with the exact version, only when GATEWAY_IDENTITY_HEADERS opts in.
+        self.served_by = [("X-Served-By", SERVED_BY)] if config.gateway_identity_headers else []
         metrics.add_scrape_collector(self._service_counts)
         # Queue depth/age and the sentiment backlog, read from Redis and PostgreSQL per scrape.
         observability.register_collectors(config)
 
     # -- WSGI -------------------------------------------------------------------------------
     def __call__(self, environ: WSGIEnv, start_response: StartResponse) -> Iterable[bytes]:
+        if not self.config.gateway_identity_headers:
+            return self.route(environ, start_response)
         # Which replica answered (host:port): behind nginx this shows the load balancing at work.
         instance = ("X-Gateway-Instance", self.instance)
 
@@ -125,7 +129,7 @@ class Gateway:
         started_ns = time.time_ns()
         started = time.perf_counter()
         call_id = environ.get("HTTP_X_CALL_ID") or new_call_id()
-        extra_headers = [("X-Call-Id", call_id), ("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY)]
+        extra_headers = [("X-Call-Id", call_id), ("X-Start-Time", str(started_ns)), *self.served_by]
         hosted = None
         if namespace == self.config.function_namespace and name:
             try:
@@ -250,7 +254,8 @@ class Gateway:
         response = Response(b"", status=202)
         response.headers["X-Call-Id"] = call_id
         response.headers["X-Start-Time"] = started_ns
-        response.headers["X-Served-By"] = SERVED_BY
+        for key, value in self.served_by:
+            response.headers[key] = value
         return response
 
     # -- system API -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import socket
 import time
 from collections import Counter
 from typing import Any
@@ -404,3 +405,37 @@ def test_async_callbacks_carry_each_header_once(gw: Any, start_workers: Any) -> 
     assert got["content-type"] == "text/plain"  # the function's: it describes the body
     assert got["x-function-status"] == "404"  # the worker's
     assert float(got["x-duration-seconds"]) >= 0
+
+
+# --- 11. the host and exact versions are named only when opted in -----------------------------
+
+def identity_leaks(response: httpx.Response) -> list[str]:
+    """Headers naming the answering host or an exact version (the HTTP server's ``Server:
+    granian``, without a version, is its own)."""
+    from gateway.app import VERSION
+
+    host = socket.gethostname()
+    return [f"{k}: {v}" for k, v in response.headers.multi_items()
+            if k.lower() in ("x-gateway-instance", "x-served-by", "x-powered-by")
+            or (k.lower() == "server" and any(c.isdigit() for c in v)) or VERSION in v or host in v]
+
+
+@pytest.mark.slow
+def test_host_and_versions_are_not_named_by_default(gw: Any, stores: dict[str, str], tmp_path: Any) -> None:
+    def probe(url: str) -> list[httpx.Response]:
+        return [httpx.get(f"{url}/function/echo"), httpx.get(f"{url}/function/echo.openfaas-fn/x"),
+                httpx.post(f"{url}/async-function/echo", content=b"x"), httpx.get(f"{url}/healthz"),
+                httpx.get(f"{url}/metrics"), httpx.get(f"{url}/system/info"), httpx.get(f"{url}/nothing"),
+                httpx.get(f"{url}/function/nope")]
+
+    for response in probe(gw.url):
+        assert identity_leaks(response) == [], response.request.url
+    opted_in = Gateway(base_env(stores, **{**gw.env, "GATEWAY_IDENTITY_HEADERS": "true"}),
+                       tmp_path / "opted-in.log").start()
+    try:
+        answers = probe(opted_in.url)
+    finally:
+        opted_in.stop()
+    assert all(r.headers["X-Gateway-Instance"] == f"{socket.gethostname()}:{opted_in.port}" for r in answers)
+    assert answers[0].headers["X-Served-By"].startswith("openfaas-ce/")
+    assert answers[2].headers["X-Served-By"].startswith("openfaas-ce/")

@@ -122,6 +122,9 @@ class Config:
     gateway_state_ttl: float = 1.0
     gateway_access_log: bool = False
     gateway_direct_calls: bool = True
+    #: Name the answering host (X-Gateway-Instance) and the exact gateway version (X-Served-By)
+    #: on responses: off, so probes learn neither; on behind a load balancer to see it work.
+    gateway_identity_headers: bool = False
     # requests
     max_body_bytes: int = 64 * 1024
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
@@ -226,6 +229,7 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         gateway_state_ttl=_float(env, "GATEWAY_STATE_TTL", d.gateway_state_ttl),
         gateway_access_log=_bool(env, "GATEWAY_ACCESS_LOG", d.gateway_access_log),
         gateway_direct_calls=_bool(env, "GATEWAY_DIRECT_CALLS", d.gateway_direct_calls),
+        gateway_identity_headers=_bool(env, "GATEWAY_IDENTITY_HEADERS", d.gateway_identity_headers),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes),
         trusted_proxies=_list(env, "TRUSTED_PROXIES", ",".join(d.trusted_proxies)),
         jwt_ttl_seconds=_int(env, "JWT_TTL_SECONDS", d.jwt_ttl_seconds),
