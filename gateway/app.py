@@ -26,9 +26,9 @@ import orjson
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.wrappers import Request, Response
 
-from minitwitter import cache, callbacks, db, errors, identity, logs, metrics
+from minitwitter import cache, callbacks, db, errors, identity, logs, metrics, ratelimit
 from minitwitter.config import Config, use_config
-from minitwitter.http import client_ip, dumps, new_call_id
+from minitwitter.http import client_ip, dumps, error_response, new_call_id
 from minitwitter.runtime import StartResponse, WSGIEnv
 
 from . import handoff, observability, queue_worker
@@ -260,9 +260,23 @@ class Gateway:
 
     # -- system API -------------------------------------------------------------------------
     def check_basic_auth(self, request: Request) -> Response | None:
+        """None when the request may use the system API, else the 401 (or 429) to answer.
+
+        Credentials count against the client's budget of failed attempts (``RATE_LIMIT_LOGIN``
+        per ``RATE_LIMIT_WINDOW``, per client address as login's): once it is spent, every
+        attempt from that client is a 429 until the window ends, unchecked; a success gives
+        its place back.
+        """
         if not self.config.gateway_basic_auth:
             return None
         auth = request.authorization
+        place = None
+        if auth is not None:
+            try:
+                place = ratelimit.attempt("system", client_ip(request), self.config.rate_limit_login,
+                                          self.config.rate_limit_window)
+            except errors.RateLimited as exc:
+                return error_response(exc)
         expected_user, expected_password = self.config.basic_auth_user, self.config.basic_auth_password
         ok = (
             auth is not None and auth.type == "basic" and bool(expected_password)
@@ -270,6 +284,7 @@ class Gateway:
             and hmac.compare_digest((auth.password or "").encode(), expected_password.encode())
         )
         if ok:
+            ratelimit.refund(place)
             return None
         response = Response(b"invalid credentials", status=401, mimetype="text/plain")
         response.headers["WWW-Authenticate"] = 'Basic realm="Restricted"'

@@ -439,3 +439,26 @@ def test_host_and_versions_are_not_named_by_default(gw: Any, stores: dict[str, s
     assert all(r.headers["X-Gateway-Instance"] == f"{socket.gethostname()}:{opted_in.port}" for r in answers)
     assert answers[0].headers["X-Served-By"].startswith("openfaas-ce/")
     assert answers[2].headers["X-Served-By"].startswith("openfaas-ce/")
+
+
+# --- 3. /system/* basic auth: failed attempts limited per client address ------------------------
+
+@pytest.mark.slow
+def test_system_basic_auth_guesses_are_limited_per_client(gw: Any) -> None:
+    """RATE_LIMIT_LOGIN (2 here) failed attempts per client address and window, as login."""
+    user, password = gw.auth()
+    with outside(gw) as http:
+        statuses = [http.get("/system/functions", auth=(user, f"guess-{i}"),
+                             headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(20)]
+        assert statuses == [401, 401] + [429] * 18
+        refused = http.get("/system/functions", auth=(user, password))  # unchecked until the window ends
+        assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert refused.json() == {"error": "rate limit exceeded",
+                                  "details": {"retry_after": int(refused.headers["Retry-After"])}}
+        assert http.get("/function/echo").status_code == 200  # the functions are not affected
+    with httpx.Client(base_url=gw.url, transport=httpx.HTTPTransport(local_address="127.0.0.3")) as other:
+        # another client, and successes, which give their place back
+        assert [other.get("/system/info", auth=(user, password)).status_code for _ in range(5)] == [200] * 5
+        assert other.get("/system/info", auth=(user, "wrong")).status_code == 401
+        assert other.get("/system/info").status_code == 401  # no credentials: not a guess
+        assert other.get("/system/info", auth=(user, password)).status_code == 200
