@@ -13,7 +13,6 @@ Routes (see docs/openfaas-contract notes in the README):
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 import socket
@@ -399,10 +398,3 @@ class Gateway:
                 "checks": {k: "ok" if v else "down" for k, v in checks.items()}}
         return json_ok(body, status=200 if ok else 503)
 
-
-def decode_body(message: dict[str, Any]) -> bytes:
-    """The body of a queued invocation."""
-    try:
-        return base64.b64decode(message.get("Body") or "")
-    except (binascii.Error, ValueError):
-        return b""

@@ -462,3 +462,88 @@ def test_system_basic_auth_guesses_are_limited_per_client(gw: Any) -> None:
         assert other.get("/system/info", auth=(user, "wrong")).status_code == 401
         assert other.get("/system/info").status_code == 401  # no credentials: not a guess
         assert other.get("/system/info", auth=(user, password)).status_code == 200
+
+
+# --- 10. credentials are kept only while needed, never in job records ---------------------------
+
+def redis_holding(*secrets: str) -> list[str]:
+    """Keys of the test Redis whose values hold any of ``secrets``: plain, zlib-compressed (RQ's
+    job data), and, for RQ jobs, in their decoded arguments with base64 strings decoded."""
+    import base64
+    import binascii
+    import zlib
+
+    from rq.job import Job
+
+    r = cache.client()
+
+    def texts(value: Any) -> list[bytes]:
+        if isinstance(value, (list, tuple)):
+            return [t for v in value for t in texts(v)]
+        if isinstance(value, dict):
+            return [t for kv in value.items() for t in texts(kv)]
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        found = [raw]
+        try:
+            found.append(zlib.decompress(raw))
+        except zlib.error:
+            pass
+        try:
+            found.append(base64.b64decode(raw, validate=True))
+        except (binascii.Error, ValueError):
+            pass
+        return found
+
+    holding = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        read = {b"string": ("GET",), b"hash": ("HGETALL",), b"list": ("LRANGE", 0, -1),
+                b"set": ("SMEMBERS",), b"zset": ("ZRANGE", 0, -1)}.get(kind)
+        found = texts(r.execute_command(read[0], key, *read[1:])) if read else []
+        if key.startswith(b"rq:job:") and kind == b"hash":
+            job = Job.fetch(key[len(b"rq:job:"):].decode(), connection=r)
+            found += texts([job.args, job.kwargs, job.meta])
+        if any(secret.encode() in t for t in found for secret in secrets):
+            holding.append(key.decode())
+    return holding
+
+
+@pytest.mark.slow
+def test_async_credentials_are_kept_only_until_the_worker_takes_them(gw: Any, start_workers: Any) -> None:
+    from rq import Queue
+
+    with outside(gw) as http, Receiver() as receiver:
+        assert http.post("/function/register", json={"username": "alice", "password": PASSWORD}).status_code == 201
+        token = http.post("/function/login", json={"username": "alice", "password": PASSWORD}).json()["access_token"]
+        post = http.post("/async-function/create-post", json={"content": "through the queue"},
+                         headers={"X-Callback-Url": receiver.url, "Authorization": f"Bearer {token}",
+                                  "Cookie": "session=cookie-secret"})
+        login = http.post("/async-function/login", json={"username": "alice", "password": PASSWORD},
+                          headers={"X-Callback-Url": receiver.url})
+        assert post.status_code == login.status_code == 202
+        # Queued: the job records hold none of it; the keys holding it expire with the jobs.
+        job_keys = [f"rq:job:{job_id}" for job_id in Queue("faas-request", connection=cache.client()).job_ids]
+        assert len(job_keys) == 2
+        holding = redis_holding(token, "cookie-secret", PASSWORD)
+        assert holding and not set(holding) & set(job_keys)
+        assert all(0 < cache.client().ttl(key) <= 3600 for key in holding)
+        start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1")
+        answers = {c["headers"]["X-Call-Id"]: json.loads(c["body"]) for c in callbacks_of(receiver, 2)}
+    assert answers[post.headers["X-Call-Id"]]["content"] == "through the queue"  # the token reached it
+    issued = answers[login.headers["X-Call-Id"]]["access_token"]  # and the password
+    eventually(lambda: not redis_holding(token, "cookie-secret", PASSWORD, issued))
+
+
+@pytest.mark.slow
+def test_failed_callback_jobs_keep_no_credentials(gw: Any, start_workers: Any) -> None:
+    from rq.registry import FailedJobRegistry
+
+    start_workers(GATEWAY_URL=gw.url, WORKER_COUNT="1", ASYNC_CALLBACK_ATTEMPTS="1")  # no retry to wait for
+    with outside(gw) as http, Receiver(fail_first=100) as receiver:
+        assert http.post("/function/register", json={"username": "alice", "password": PASSWORD}).status_code == 201
+        assert http.post("/async-function/login", json={"username": "alice", "password": PASSWORD},
+                         headers={"X-Callback-Url": receiver.url}).status_code == 202
+        failed = FailedJobRegistry("callbacks", connection=cache.client())
+        eventually(lambda: failed.count == 1, timeout=30)
+        assert receiver.attempts == 1
+    assert redis_holding(PASSWORD, "access_token") == []
