@@ -16,6 +16,7 @@ import base64
 import hmac
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -30,7 +31,7 @@ from minitwitter.config import Config, use_config
 from minitwitter.http import client_ip, dumps, error_response, new_call_id
 from minitwitter.runtime import StartResponse, WSGIEnv
 
-from . import handoff, observability, queue_worker
+from . import handoff, logstream, observability, queue_worker
 from .registry import Hosted, Registry
 
 log = logging.getLogger("minitwitter.gateway")
@@ -68,6 +69,9 @@ class Gateway:
         self.instance = f"{socket.gethostname()}:{config.gateway_port}"
         #: X-Served-By with the exact version, only when GATEWAY_IDENTITY_HEADERS opts in.
         self.served_by = [("X-Served-By", SERVED_BY)] if config.gateway_identity_headers else []
+        #: Open /system/logs?follow=true streams (each holds a server thread) and their end.
+        self._followers = threading.BoundedSemaphore(max(1, config.gateway_threads - 1))
+        self._closing = threading.Event()
         metrics.add_scrape_collector(self._service_counts)
         # Queue depth/age and the sentiment backlog, read from Redis and PostgreSQL per scrape.
         observability.register_collectors(config)
@@ -356,14 +360,40 @@ class Gateway:
             tail = int(tail_raw)
         except ValueError:
             raise errors.BadRequest("tail must be an integer") from None
+        follow = request.args.get("follow", "false").lower()
+        if follow not in ("true", "false", "1", "0", ""):
+            raise errors.BadRequest("follow must be true or false")
         logs.flush()
-        lines = logs.query(name=request.args.get("name") or None, since=since,
-                           tail=tail if tail >= 0 else None,
-                           call_id=request.args.get("call_id") or None,
-                           level=request.args.get("level") or None,
-                           namespace=self.config.function_namespace)
+        filters: dict[str, Any] = {"name": request.args.get("name") or None, "since": since,
+                   "call_id": request.args.get("call_id") or None,
+                   "level": request.args.get("level") or None, "namespace": self.config.function_namespace}
+        if follow in ("true", "1"):
+            return self.follow_logs(filters, tail if tail >= 0 else None)
+        lines = logs.query(tail=tail if tail >= 0 else None, **filters)
         body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         return Response(body, status=200, mimetype="application/x-ndjson")
+
+    def follow_logs(self, filters: dict[str, Any], tail: int | None) -> Response:
+        """The lines, then new ones as they are stored, until the client goes away, after
+        ``LOGS_FOLLOW_MAX_SECONDS`` or at :meth:`close` (gateway/logstream.py). A stream holds
+        one server thread; a process serves at most ``GATEWAY_THREADS - 1`` (at least one) at
+        once, so its other threads keep answering requests; beyond that, 503."""
+        if not self._followers.acquire(blocking=False):
+            return json_error(503, "too many log streams on this gateway process, try again later",
+                              headers={"Retry-After": "5"})
+        release = logstream.once(self._followers.release)
+        body = logstream.follow(filters, tail=tail, max_seconds=self.config.logs_follow_max_seconds,
+                                stop=self._closing, release=release)
+        response = Response(body, status=200, mimetype="application/x-ndjson")
+        response.call_on_close(release)  # also when the server closes a body it never iterated
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"  # a proxy (nginx) passes each line on at once
+        return response
+
+    def close(self) -> None:
+        """End the open log streams at their next poll (for the server to call when it stops:
+        until then a stop waits for them)."""
+        self._closing.set()
 
     def invocation_counts(self) -> dict[str, float]:
         """Per-function invocation totals from the (multi-process) metrics."""

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import socket
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -547,3 +548,108 @@ def test_failed_callback_jobs_keep_no_credentials(gw: Any, start_workers: Any) -
         eventually(lambda: failed.count == 1, timeout=30)
         assert receiver.attempts == 1
     assert redis_holding(PASSWORD, "access_token") == []
+
+
+# --- 6. /system/logs?follow=true streams new lines until the client goes away -------------------
+
+class Follower:
+    """A real streaming HTTP client of ``/system/logs?follow=true`` reading on its own thread."""
+
+    def __init__(self, gw: Any, **params: str) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.blank = 0
+        self.client = httpx.Client(base_url=gw.url, auth=gw.auth(), timeout=30.0)
+        self.stream = self.client.stream("GET", "/system/logs", params={"follow": "true", **params})
+        self.response = self.stream.__enter__()
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        if self.response.status_code == 200:
+            self.thread.start()
+
+    def read(self) -> None:
+        try:
+            for line in self.response.iter_lines():
+                if line:
+                    self.lines.append(json.loads(line))
+                else:
+                    self.blank += 1
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.ended.set()
+
+    def texts(self) -> list[dict[str, Any]]:
+        return [json.loads(line["text"]) for line in self.lines]
+
+    def close(self) -> None:
+        """Go away: close the connection mid-stream."""
+        self.client.close()
+
+
+def stream_end_reasons() -> list[str]:
+    from minitwitter import logs
+
+    return [json.loads(line["text"])["reason"] for line in logs.query(tail=100)
+            if json.loads(line["text"])["message"] == "log stream ended"]
+
+
+@pytest.mark.slow
+def test_logs_follow_streams_new_lines_until_the_client_goes_away(gw: Any) -> None:
+    with httpx.Client(base_url=gw.url, timeout=30.0) as http:
+        http.get("/function/get-user/before", headers={"X-Call-Id": "before-the-stream"})
+        first, second = Follower(gw, name="get-user"), Follower(gw, name="get-user")
+        try:
+            assert first.response.status_code == second.response.status_code == 200
+            assert first.response.headers["content-type"].startswith("application/x-ndjson")
+            eventually(lambda: "before-the-stream" in [t["call_id"] for t in first.texts()])
+            for n in range(3):  # lines stored after the stream opened arrive on it, each once
+                http.get(f"/function/get-user/u{n}", headers={"X-Call-Id": f"followed-{n}"})
+            want = [f"followed-{n}" for n in range(3)]
+            eventually(lambda: [c for c in (t["call_id"] for t in first.texts()) if c in want] == want)
+            assert all(line["name"] == "get-user" for line in first.lines)
+            # GATEWAY_THREADS=3: two streams at most, the third thread keeps serving requests
+            third = Follower(gw, name="get-user")
+            assert third.response.status_code == 503 and int(third.response.headers["Retry-After"]) > 0
+            third.close()
+            assert http.get("/function/echo").status_code == 200
+            eventually(lambda: first.blank > 0, timeout=10)  # heartbeats while nothing happens
+        finally:
+            first.close()
+        # The server noticed the client went away: the stream ended and its thread is free again.
+        eventually(lambda: "client gone" in stream_end_reasons(), timeout=15)
+        replacement = Follower(gw, name="get-user")
+        try:
+            assert replacement.response.status_code == 200
+        finally:
+            replacement.close()
+            second.close()
+
+
+def test_a_log_stream_ends_after_its_time_and_when_the_gateway_closes(config: Config) -> None:
+    from gateway import logstream
+    from minitwitter import logs
+
+    def store(message: str) -> None:
+        logs.store_lines([json.dumps({"level": "INFO", "logger": "t", "message": message, "function": "fn"})])
+
+    def messages(chunks: list[bytes]) -> list[str]:
+        return [json.loads(json.loads(line)["text"])["message"]
+                for chunk in chunks for line in chunk.splitlines() if line]
+
+    store("already there")
+    released: list[int] = []
+    stop = threading.Event()
+    stream = logstream.follow({"name": "fn"}, tail=None, max_seconds=1.5, stop=stop,
+                              release=lambda: released.append(1))
+    started = time.monotonic()
+    chunks = [next(stream)]
+    store("stored meanwhile")
+    chunks += list(stream)
+    assert 1.5 <= time.monotonic() - started < 4 and released == [1]
+    assert messages(chunks) == ["already there", "stored meanwhile"]
+
+    stream = logstream.follow({"name": "fn"}, tail=0, max_seconds=60, stop=stop, release=lambda: released.append(2))
+    assert next(stream) == b"\n"  # opened with nothing to show yet
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    assert list(stream) == [] and time.monotonic() - started < 2 and released == [1, 2]

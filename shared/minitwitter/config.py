@@ -177,6 +177,7 @@ class Config:
     log_buffer_size: int = 10000
     log_retention_days: int = 30
     log_prune_interval: float = 3600.0
+    logs_follow_max_seconds: float = 3600.0
     # secrets (from files)
     secrets_dir: Path = OPENFAAS_SECRETS_DIR
     jwt_secret: str = field(default="", repr=False)
@@ -273,6 +274,7 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         log_buffer_size=_int(env, "LOG_BUFFER_SIZE", d.log_buffer_size),
         log_retention_days=_int(env, "LOG_RETENTION_DAYS", d.log_retention_days),
         log_prune_interval=_float(env, "LOG_PRUNE_INTERVAL", d.log_prune_interval),
+        logs_follow_max_seconds=_float(env, "LOGS_FOLLOW_MAX_SECONDS", d.logs_follow_max_seconds),
         secrets_dir=sdir,
         jwt_secret=read_secret(sdir, "jwt-secret") or "",
         callback_signing_key=read_secret(sdir, "callback-signing-key") or "",
