@@ -9,10 +9,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -653,3 +657,89 @@ def test_a_log_stream_ends_after_its_time_and_when_the_gateway_closes(config: Co
     threading.Timer(0.3, stop.set).start()
     started = time.monotonic()
     assert list(stream) == [] and time.monotonic() - started < 2 and released == [1, 2]
+
+
+# --- 12. the sentiment evaluation CLI -------------------------------------------------------------
+
+#: Texts a tweet benchmark holds: a leading '#', and characters str.splitlines() splits at.
+AWKWARD = ["#blessed what a great day", "line\u2028separator, I love it", "next\x85line is bad",
+           "form\x0cfeed, neutral enough", "a lone\rcarriage return, awful", "tab\tinside, good"]
+LABELS = ["positive", "positive", "negative", "neutral", "negative", "positive"]
+
+
+def evaluate(stores: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m minitwitter.sentiment.evaluate`` with the test stores configured (where an
+    evaluation must write nothing)."""
+    return subprocess.run([sys.executable, "-m", "minitwitter.sentiment.evaluate", *args],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+                          env=base_env(stores, SENTIMENT_BACKEND="vader"))
+
+
+def per_item(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_evaluate_reads_every_item_of_an_explicit_format(stores: dict[str, str], tmp_path: Path, fmt: str) -> None:
+    data = tmp_path / f"items.{fmt}"
+    if fmt == "tsv":
+        data.write_bytes(("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in zip(AWKWARD, LABELS, strict=True))
+                          ).encode())
+    else:
+        data.write_bytes("".join(json.dumps({"text": t, "label": label}) + "\n"
+                                 for t, label in zip(AWKWARD, LABELS, strict=True)).encode())
+    out = tmp_path / "predictions.jsonl"
+    result = evaluate(stores, str(data), "--backend", "vader", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"items: {len(AWKWARD)}  errors: 0" in result.stdout
+    assert re.search(r"items/s: \d+\.\d", result.stdout)
+    rows = per_item(out)
+    assert [r["text"] for r in rows] == AWKWARD and [r["gold"] for r in rows] == LABELS
+    assert all(r["predicted"] in ("positive", "neutral", "negative") and r["error"] is None for r in rows)
+
+
+@pytest.mark.parametrize("content, fmt, message", [
+    ("good\tpositive\n", "tsv", "items.tsv:1: expected the header row text<TAB>label"),
+    ("text\tlabel\ngood\tpositive\n\nbad\tnegative\n", "tsv", "items.tsv:3: expected text<TAB>label"),
+    ("text\tlabel\n# a comment?\n", "tsv", "items.tsv:2: expected text<TAB>label"),
+    ("text\tlabel\ngood\tsplendid\n", "tsv", "items.tsv:2: unknown label 'splendid'"),
+    ('{"text": "good", "label": "positive"}\n\n', "jsonl", "items.jsonl:2: not a JSON object"),
+    ('{"text": "good"}\n', "jsonl", "items.jsonl:1: unknown label None"),
+    ("good\tpositive\n", "txt", "say --format tsv or --format jsonl"),
+])
+def test_evaluate_refuses_a_malformed_file_naming_the_line(stores: dict[str, str], tmp_path: Path,
+                                                           content: str, fmt: str, message: str) -> None:
+    data = tmp_path / f"items.{fmt}"
+    data.write_text(content)
+    result = evaluate(stores, str(data))
+    assert result.returncode == 2
+    assert message in result.stderr and "accuracy" not in result.stdout
+
+
+def test_evaluate_exits_with_the_reason_when_the_backend_is_unavailable(stores: dict[str, str]) -> None:
+    from tests.fake_ollama import FakeOllama
+
+    sample = REPO_ROOT / "shared" / "minitwitter" / "sentiment" / "data" / "sample.tsv"
+    down = evaluate(stores, str(sample), "--backend", "ollama", "--host", "http://127.0.0.1:9")
+    assert down.returncode == 2
+    assert "the backend is unavailable: Ollama at http://127.0.0.1:9" in down.stderr
+    assert "accuracy" not in down.stdout
+    with FakeOllama() as fake:
+        fake.mode = "error"  # it answers /api/tags, then fails every classification
+        failing = evaluate(stores, str(sample), "--backend", "ollama", "--host", fake.url, "--limit", "3")
+    assert failing.returncode == 1
+    assert "errors: 3" in failing.stdout
+    assert re.search(r"error: 3 item\(s\) not classified: .+", failing.stderr), failing.stderr
+
+
+def test_an_evaluation_writes_nothing_to_the_applications_stores(stores: dict[str, str]) -> None:
+    from tests.fake_ollama import FakeOllama
+
+    sample = REPO_ROOT / "shared" / "minitwitter" / "sentiment" / "data" / "sample.tsv"
+    logs_before = db.scalar("SELECT count(*) FROM logs")
+    with FakeOllama() as fake:
+        result = evaluate(stores, str(sample), "--backend", "ollama", "--host", fake.url)
+        assert len(fake.chats) == 60  # every item was asked, none read from a cache
+    assert result.returncode == 0, result.stderr
+    assert cache.client().dbsize() == 0  # no verdict cache entries (the app's Redis)
+    assert db.scalar("SELECT count(*) FROM logs") == logs_before
