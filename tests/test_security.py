@@ -314,6 +314,21 @@ def test_the_carried_client_address_cannot_be_forged() -> None:
     assert environ == {}  # a header that does not verify is dropped, with anything claimed before
 
 
+
+# --- 9, through the gateway: /function/get-user/%00 is logged ------------------------------------
+
+@pytest.mark.slow
+def test_a_request_for_a_nul_path_is_logged(gw: Any) -> None:
+    response = httpx.get(f"{gw.url}/function/get-user/%00", headers={"X-Call-Id": "nul-path"})
+    assert response.status_code == 404 and response.json()["error"] == "account not found"
+
+    def stored() -> list[dict[str, Any]]:
+        lines = httpx.get(f"{gw.url}/system/logs", params={"call_id": "nul-path"}, auth=gw.auth()).text
+        return [json.loads(json.loads(line)["text"]) for line in lines.splitlines() if line]
+
+    [line] = eventually(stored)
+    assert line["path"] == "/\\u0000" and line["status"] == 404 and line["function"] == "get-user"
+
 # --- 8. /healthz and /metrics answer GET and HEAD only ---------------------------------------
 
 @pytest.mark.slow
