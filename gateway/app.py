@@ -364,9 +364,11 @@ class Gateway:
         if follow not in ("true", "false", "1", "0", ""):
             raise errors.BadRequest("follow must be true or false")
         logs.flush()
-        filters: dict[str, Any] = {"name": request.args.get("name") or None, "since": since,
-                   "call_id": request.args.get("call_id") or None,
-                   "level": request.args.get("level") or None, "namespace": self.config.function_namespace}
+        filters: dict[str, Any] = {
+            "name": request.args.get("name") or None, "since": since,
+            "call_id": request.args.get("call_id") or None, "level": request.args.get("level") or None,
+            "namespace": self.config.function_namespace,
+        }
         if follow in ("true", "1"):
             return self.follow_logs(filters, tail if tail >= 0 else None)
         lines = logs.query(tail=tail if tail >= 0 else None, **filters)
@@ -427,4 +429,3 @@ class Gateway:
         body = {"status": "ok" if ok and checks["redis"] else ("degraded" if ok else "down"),
                 "checks": {k: "ok" if v else "down" for k, v in checks.items()}}
         return json_ok(body, status=200 if ok else 503)
-
