@@ -13,33 +13,38 @@ Routes (see docs/openfaas-contract notes in the README):
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.wrappers import Request, Response
 
-from minitwitter import cache, db, errors, logs, metrics
+from minitwitter import cache, callbacks, db, errors, identity, logs, metrics, ratelimit
 from minitwitter.config import Config, use_config
-from minitwitter.http import dumps, new_call_id
+from minitwitter.http import client_ip, dumps, error_response, new_call_id
 from minitwitter.runtime import StartResponse, WSGIEnv
 
-from . import observability, queue_worker
+from . import logstream, observability, queue_worker
 from .registry import Hosted, Registry
 
 log = logging.getLogger("minitwitter.gateway")
 
 VERSION = "0.27.14"
 SERVED_BY = f"openfaas-ce/{VERSION} (minitwitter local gateway)"
+#: What /healthz and /metrics answer (HEAD as GET without the body); anything else is a 405.
+READ_METHODS = ("GET", "HEAD")
+#: Response headers the gateway sets on an invocation: a function's own of the same name give
+#: way (each header once, the gateway's value, as the OpenFaaS gateway does).
+GATEWAY_HEADERS = frozenset({"x-call-id", "x-start-time", "x-served-by", "x-duration-seconds",
+                             "x-gateway-instance"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,13 @@ class Gateway:
         self.config = config
         self.registry = registry or Registry(config)
         self.instance = f"{socket.gethostname()}:{config.gateway_port}"
-        self.instance_header = ("X-Gateway-Instance", self.instance)
+        #: Name the answering replica (host:port: behind nginx this shows the load balancing at
+        #: work) and the exact gateway version, only when GATEWAY_IDENTITY_HEADERS opts in.
+        self.identity_headers = ([("X-Gateway-Instance", self.instance), ("X-Served-By", SERVED_BY)]
+                                 if config.gateway_identity_headers else [])
+        #: Open /system/logs?follow=true streams (each holds a thread) and their end.
+        self._followers = threading.BoundedSemaphore(max(1, config.gateway_threads - 1))
+        self._closing = threading.Event()
         metrics.add_scrape_collector(self._service_counts)
         # Queue depth/age and the sentiment backlog, read from Redis and PostgreSQL per scrape.
         observability.register_collectors(config)
@@ -88,14 +99,17 @@ class Gateway:
         if path.startswith("/function/"):
             return self.invoke(environ, start_response, path[len("/function/"):])
         response = self.dispatch(Request(environ), path)
-        # Which replica answered (host:port): behind nginx this shows the load balancing at work.
-        response.headers[self.instance_header[0]] = self.instance
+        if self.config.gateway_identity_headers:
+            response.headers["X-Gateway-Instance"] = self.instance
         return response(environ, start_response)
 
     def dispatch(self, request: Request, path: str) -> Response:
         try:
             if path.startswith("/async-function/"):
                 return self.invoke_async(request, path[len("/async-function/"):])
+            if path in ("/healthz", "/metrics") and request.method not in READ_METHODS:
+                return json_error(405, "method not allowed", {"allowed": list(READ_METHODS)},
+                                  {"Allow": ", ".join(READ_METHODS)})
             if path == "/healthz":
                 return self.healthz()
             if path == "/metrics":
@@ -123,12 +137,9 @@ class Gateway:
     def begin(self, environ: WSGIEnv, rest: str) -> Invocation:
         """What a sync invocation of ``/function/<rest>`` knows before it runs (no I/O)."""
         name, namespace, sub_path = self.split_target(rest)
-        client_call_id = environ.get("HTTP_X_CALL_ID")
-        call_id = client_call_id or new_call_id()
+        call_id = environ.get("HTTP_X_CALL_ID") or new_call_id()
         started_ns = time.time_ns()
-        extra_headers = [("X-Start-Time", str(started_ns)), ("X-Served-By", SERVED_BY), self.instance_header]
-        if not client_call_id:
-            extra_headers.append(("X-Call-Id", call_id))
+        extra_headers = [("X-Call-Id", call_id), ("X-Start-Time", str(started_ns)), *self.identity_headers]
         return Invocation(name, namespace, f"{name}.{namespace}", sub_path, call_id, started_ns,
                           time.perf_counter(), extra_headers)
 
@@ -159,6 +170,8 @@ class Gateway:
         inner["HTTP_X_START_TIME"] = str(invocation.started_ns)
         inner.setdefault("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", ""))
         inner.setdefault("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", ""))
+        # The queue-worker's signed client address of an async call; anyone else's is dropped.
+        identity.accept(inner, invocation.call_id, self.config.jwt_secret)
         try:
             status, headers, body = self._call_app(hosted, inner)
         except Exception:  # noqa: BLE001
@@ -194,7 +207,7 @@ class Gateway:
                 log.info("invocation", extra={"method": method, "path": invocation.sub_path,
                                               "status": int(code),
                                               "duration_ms": round(duration * 1000, 3)})
-        headers = [h for h in headers if h[0].lower() != "x-duration-seconds"]
+        headers = [h for h in headers if h[0].lower() not in GATEWAY_HEADERS]
         headers.append(("X-Duration-Seconds", f"{duration:.6f}"))
         return status, headers + invocation.extra_headers, body
 
@@ -232,22 +245,30 @@ class Gateway:
         started_ns = str(time.time_ns())
         callback = request.headers.get("X-Callback-Url", "").strip()
         if callback:
-            parts = urlsplit(callback)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                return json_error(400, "X-Callback-Url is not a valid URL", {"X-Callback-Url": callback})
+            # The check create-post makes of callback_url (scheme, length, credentials, every
+            # resolved address against CALLBACK_ALLOW_HOSTS): a URL the worker would refuse is
+            # refused now, not dropped later. Delivery checks the address again.
+            try:
+                callbacks.validate_url(callback)
+            except errors.ValidationFailed as exc:
+                reasons = exc.details.get("callback_url") or [exc.message]
+                return json_error(400, "X-Callback-Url refused", {"X-Callback-Url": reasons})
         if namespace != self.config.function_namespace or self.registry.get(name) is None:
             return json_error(404, f"error finding function {name}.{namespace}: not found")
         body = request.get_data(cache=False)
         if len(body) > self.config.max_body_bytes * 16:
             return json_error(413, "request body too large")
         headers = [(k, v) for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "connection", "x-call-id", "x-start-time")]
+                   if k.lower() not in ("host", "content-length", "connection", "x-call-id", "x-start-time",
+                                        identity.HEADER.lower())]
         headers += [("X-Call-Id", call_id), ("X-Start-Time", started_ns)]
         message = {
             "Function": name, "Namespace": namespace, "Path": sub_path if sub_path != "/" else "",
             "QueryString": request.query_string.decode("latin-1"), "Method": request.method,
             "Header": headers, "Body": base64.b64encode(body).decode("ascii"),
             "CallbackUrl": callback or None, "CallId": call_id, "QueueName": self.config.async_queue,
+            # The client as a sync call would count it (rate limits); the worker sends it signed.
+            "ClientIp": client_ip(request),
         }
         try:
             queue_worker.enqueue_invocation(message, self.config)
@@ -258,14 +279,29 @@ class Gateway:
         response = Response(b"", status=202)
         response.headers["X-Call-Id"] = call_id
         response.headers["X-Start-Time"] = started_ns
-        response.headers["X-Served-By"] = SERVED_BY
+        for key, value in self.identity_headers:
+            response.headers[key] = value
         return response
 
     # -- system API -------------------------------------------------------------------------
     def check_basic_auth(self, request: Request) -> Response | None:
+        """None when the request may use the system API, else the 401 (or 429) to answer.
+
+        Credentials count against the client's budget of failed attempts (``RATE_LIMIT_LOGIN``
+        per ``RATE_LIMIT_WINDOW``, per client address as login's): once it is spent, every
+        attempt from that client is a 429 until the window ends, unchecked; a success gives
+        its place back.
+        """
         if not self.config.gateway_basic_auth:
             return None
         auth = request.authorization
+        place = None
+        if auth is not None:
+            try:
+                place = ratelimit.attempt("system", client_ip(request), self.config.rate_limit_login,
+                                          self.config.rate_limit_window)
+            except errors.RateLimited as exc:
+                return error_response(exc)
         expected_user, expected_password = self.config.basic_auth_user, self.config.basic_auth_password
         ok = (
             auth is not None and auth.type == "basic" and bool(expected_password)
@@ -273,6 +309,7 @@ class Gateway:
             and hmac.compare_digest((auth.password or "").encode(), expected_password.encode())
         )
         if ok:
+            ratelimit.refund(place)
             return None
         response = Response(b"invalid credentials", status=401, mimetype="text/plain")
         response.headers["WWW-Authenticate"] = 'Basic realm="Restricted"'
@@ -345,14 +382,42 @@ class Gateway:
             tail = int(tail_raw)
         except ValueError:
             raise errors.BadRequest("tail must be an integer") from None
+        follow = request.args.get("follow", "false").lower()
+        if follow not in ("true", "false", "1", "0", ""):
+            raise errors.BadRequest("follow must be true or false")
         logs.flush()
-        lines = logs.query(name=request.args.get("name") or None, since=since,
-                           tail=tail if tail >= 0 else None,
-                           call_id=request.args.get("call_id") or None,
-                           level=request.args.get("level") or None,
-                           namespace=self.config.function_namespace)
+        filters: dict[str, Any] = {
+            "name": request.args.get("name") or None, "since": since,
+            "call_id": request.args.get("call_id") or None, "level": request.args.get("level") or None,
+            "namespace": self.config.function_namespace,
+        }
+        if follow in ("true", "1"):
+            return self.follow_logs(filters, tail if tail >= 0 else None)
+        lines = logs.query(tail=tail if tail >= 0 else None, **filters)
         body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         return Response(body, status=200, mimetype="application/x-ndjson")
+
+    def follow_logs(self, filters: dict[str, Any], tail: int | None) -> Response:
+        """The lines, then new ones as they are stored, until the client goes away, after
+        ``LOGS_FOLLOW_MAX_SECONDS`` or at :meth:`close` (gateway/logstream.py). A stream holds
+        one server thread; a process serves at most ``GATEWAY_THREADS - 1`` (at least one) at
+        once, so its other threads keep answering requests; beyond that, 503."""
+        if not self._followers.acquire(blocking=False):
+            return json_error(503, "too many log streams on this gateway process, try again later",
+                              headers={"Retry-After": "5"})
+        release = logstream.once(self._followers.release)
+        body = logstream.follow(filters, tail=tail, max_seconds=self.config.logs_follow_max_seconds,
+                                stop=self._closing, release=release)
+        response = Response(body, status=200, mimetype="application/x-ndjson")
+        response.call_on_close(release)  # also when the server closes a body it never iterated
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"  # a proxy (nginx) passes each line on at once
+        return response
+
+    def close(self) -> None:
+        """End the open log streams at their next poll (for the server to call when it stops:
+        until then a stop waits for them)."""
+        self._closing.set()
 
     def invocation_counts(self) -> dict[str, float]:
         """Per-function invocation totals from the (multi-process) metrics."""
@@ -386,11 +451,3 @@ class Gateway:
         body = {"status": "ok" if ok and checks["redis"] else ("degraded" if ok else "down"),
                 "checks": {k: "ok" if v else "down" for k, v in checks.items()}}
         return json_ok(body, status=200 if ok else 503)
-
-
-def decode_body(message: dict[str, Any]) -> bytes:
-    """The body of a queued invocation."""
-    try:
-        return base64.b64decode(message.get("Body") or "")
-    except (binascii.Error, ValueError):
-        return b""

@@ -327,6 +327,11 @@ class Edge:
             if slots is not None:
                 slots.close()
 
+    def stopping(self) -> None:
+        """The server process was told to stop: end the open log streams now (a stop would
+        otherwise wait for them until the drain deadline). Called from any thread."""
+        self.gateway.close()
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Create this process's threads, bound to ``loop`` (granian calls it once per worker)."""
         self.functions = Slots(loop, self.config.gateway_threads, self.config.gateway_queue_timeout,
@@ -481,6 +486,36 @@ class Edge:
             stop.set()
             gone.cancel()
             self.streams -= 1
+
+
+def call_on_worker_stop(callback: Callable[[], None]) -> None:
+    """Have granian call ``callback`` as soon as this server process is told to stop.
+
+    A granian worker stops on SIGTERM/SIGINT through the ``WorkerSignal`` that
+    ``granian._signals.set_loop_signals`` returns and sets from the event loop's signal
+    handlers; the app has no hook of its own for that moment (``__rsgi_del__`` comes after
+    in-flight requests, streams included, have ended) and the signal takes one callback, which
+    granian sets. So that function is wrapped, before the worker calls it: its handlers are
+    replaced by ones that call ``callback`` first, then set the signal as granian's do. Call
+    it while the app module is imported (granian imports the app before it starts serving)."""
+    import signal
+
+    from granian import _signals
+
+    original = _signals.set_loop_signals
+
+    def set_loop_signals(loop: Any) -> Any:
+        stop = original(loop)
+
+        def handler(_signum: int, _frame: object) -> None:
+            callback()
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, handler, signum, None)
+        return stop
+
+    _signals.set_loop_signals = set_loop_signals
 
 
 def _close(chunks: Any) -> None:

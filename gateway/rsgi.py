@@ -18,7 +18,7 @@ from minitwitter.config import get_config
 from minitwitter.runtime import freeze_loaded_objects
 
 from .app import Gateway
-from .edge import Edge
+from .edge import Edge, call_on_worker_stop
 from .processes import (
     detach_from_terminal_signals,
     die_with_parent,
@@ -70,4 +70,5 @@ except errors.MinitwitterError:
     log.error("could not read function state at start-up")
 preload(gateway)
 app = Edge(gateway, config)
+call_on_worker_stop(app.stopping)
 freeze_loaded_objects()  # last: everything loaded above lives until exit

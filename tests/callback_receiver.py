@@ -26,7 +26,7 @@ class Receiver:
                     self.end_headers()
                     return
                 receiver.received.append({"path": self.path, "headers": dict(self.headers.items()),
-                                          "body": body})
+                                          "raw_headers": list(self.headers.items()), "body": body})
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()

@@ -149,8 +149,10 @@ def stack_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cluster(start_gateway: Any, start_nginx: Any, stack_file: Path) -> tuple[Nginx, list[Any]]:
-    """nginx in front of two gateway replicas that trust only 127.0.0.1 (nginx) as a proxy."""
-    env = {"STACK_FILE": str(stack_file), "TRUSTED_PROXIES": "127.0.0.1/32", "GATEWAY_WORKERS": "1"}
+    """nginx in front of two gateway replicas that trust only 127.0.0.1 (nginx) as a proxy, and
+    name themselves in X-Gateway-Instance (opted in: off by default)."""
+    env = {"STACK_FILE": str(stack_file), "TRUSTED_PROXIES": "127.0.0.1/32", "GATEWAY_WORKERS": "1",
+           "GATEWAY_IDENTITY_HEADERS": "true"}
     gateways = [start_gateway(**env), start_gateway(**env)]
     nginx = start_nginx(tuple(f"127.0.0.1:{gw.port}" for gw in gateways))
     return nginx, gateways

@@ -5,6 +5,7 @@ deadlines end what overstays."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -179,3 +180,31 @@ def test_slots_serve_in_order_refuse_after_the_queue_timeout_and_replace_stuck_t
     assert result["done"] == ["first", 0, 1, 2] and result["order"] == [0, 1, 2]  # first come, first served
     assert result["after_timeout"] == "free again" and result["stuck_then"] == 1
     assert result["stuck_now"] == 0 and result["busy"] == 0
+
+
+def test_a_stop_ends_open_log_streams_at_once(gw: Any) -> None:
+    """``faas-cli logs`` follows until the client leaves; a server told to stop ends the stream
+    itself instead of waiting for it until its drain deadline (GATEWAY_DRAIN_TIMEOUT, 10 s)."""
+    user, password = gw.auth()
+    ended: list[float] = []
+
+    def follow() -> None:
+        with httpx.stream("GET", gw.url + "/system/logs?follow=true&name=echo", auth=(user, password),
+                          timeout=60) as response:
+            assert response.status_code == 200
+            try:
+                for _ in response.iter_bytes():
+                    pass
+            except httpx.RemoteProtocolError:  # the server went away with the stream still open
+                pass
+        ended.append(time.monotonic())
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(1)  # the stream is open
+    started = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    reader.join(30)
+    assert ended and ended[0] - started < 5
+    assert time.monotonic() - started < 5

@@ -8,6 +8,7 @@ through a short Redis cache (PostgreSQL when Redis is down) so revocation holds 
 from __future__ import annotations
 
 import functools
+import math
 import time
 import uuid
 from typing import Any
@@ -18,6 +19,7 @@ import jwt
 
 from . import cache, db, errors, logs, ratelimit
 from .config import get_config
+from .jsonshape import parse_id
 
 #: argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane). The library default
 #: (RFC 9106 low-memory: 64 MiB, t=3, p=4) measured ~470 ms per hash on the 2-core target,
@@ -68,28 +70,48 @@ VERIFIED_TOKENS_CACHED = 10000
 
 
 @functools.lru_cache(maxsize=VERIFIED_TOKENS_CACHED)
-def _verified_claims(token: str, secret: str, issuer: str) -> dict[str, Any]:
-    """Signature, algorithm, issuer and required claims, checked once per (token, key, issuer).
+def _verified_claims(token: str, secret: str, issuer: str, ttl: int) -> dict[str, Any]:
+    """Signature, algorithm, issuer and claims, checked once per (token, key, issuer, lifetime).
 
     A client sends the same token with every request and verifying it (base64, JSON, HMAC) cost
     ~100 us each time. Only successful verifications are remembered (an exception is never
     cached), the key is part of the cache key, and expiry - the one check that changes with
     time - is made on every use by :func:`decode_token`. Callers must not mutate the result.
     """
-    return jwt.decode(token, secret, algorithms=["HS256"], issuer=issuer,
-                      options={"require": ["sub", "exp", "iat", "iss"], "verify_exp": False})
+    claims: dict[str, Any] = jwt.decode(
+        token, secret, algorithms=["HS256"], issuer=issuer,
+        options={"require": ["sub", "exp", "iat", "iss"], "verify_exp": False})
+    if not well_formed(claims, ttl):
+        raise jwt.InvalidTokenError("claims out of range")
+    return claims
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number, else None (a bool, a string, or NaN/Infinity, which Python's JSON
+    reads)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
+def well_formed(claims: dict[str, Any], ttl: int) -> bool:
+    """Whether the claims look like a token this service issues: ``sub`` an account id (decimal
+    ASCII digits within bigint, which PostgreSQL would otherwise refuse with an error), ``iat``
+    and ``exp`` finite numbers with a lifetime no longer than ``JWT_TTL_SECONDS``. A validly
+    signed token with anything else is refused like a forged one (401), never passed on."""
+    sub, iat, exp = claims.get("sub"), _number(claims.get("iat")), _number(claims.get("exp"))
+    return (isinstance(sub, str) and parse_id(sub) is not None and iat is not None
+            and exp is not None and 0 < exp - iat <= ttl)
 
 
 def decode_token(token: str) -> dict[str, Any]:
     """Verified claims of ``token``; Unauthorized when invalid, expired or forged."""
     try:
-        claims = _verified_claims(token, _secret(), get_config().jwt_issuer)
+        cfg = get_config()
+        claims = _verified_claims(token, _secret(), cfg.jwt_issuer, cfg.jwt_ttl_seconds)
     except jwt.InvalidTokenError:
         raise errors.Unauthorized("invalid token") from None
-    exp = claims["exp"]
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
-        raise errors.Unauthorized("invalid token")
-    if exp <= time.time():  # as PyJWT: a token is expired from its exp second on
+    if claims["exp"] <= time.time():  # as PyJWT: a token is expired from its exp second on
         raise errors.Unauthorized("token expired")
     return claims
 
@@ -145,10 +167,7 @@ def optional_account(request: flask.Request) -> int | None:
     if token is None:
         return None
     claims = decode_token(token)
-    try:
-        account_id = int(claims["sub"])
-    except (TypeError, ValueError):
-        raise errors.Unauthorized("invalid token") from None
+    account_id = int(claims["sub"])  # digits within bigint: checked by well_formed
     # The account's count rides in the token-version read's round trip, made by Redis only if
     # the cached version is the token's; when it was not cached, it is counted once PostgreSQL
     # has confirmed the version.

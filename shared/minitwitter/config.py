@@ -137,6 +137,9 @@ class Config:
     gateway_queue_timeout: float = 5.0
     #: Seconds in-flight requests get to finish when the gateway is told to stop.
     gateway_drain_timeout: float = 10.0
+    #: Name the answering host (X-Gateway-Instance) and the exact gateway version (X-Served-By)
+    #: on responses: off, so probes learn neither; on behind a load balancer to see it work.
+    gateway_identity_headers: bool = False
     # requests
     max_body_bytes: int = 64 * 1024
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
@@ -150,6 +153,10 @@ class Config:
     rate_limit_login: int = 10
     rate_limit_register: int = 5
     rate_limit_enabled: bool = True
+    #: Failed logins per username (and failed /system/* basic auths per client IP: the login
+    #: budget) before further attempts wait for the window's end, which bounds the wait.
+    login_failure_limit: int = 5
+    login_failure_window: int = 900
     # queue and workers
     worker_count: int = 2
     async_queue: str = "faas-request"
@@ -185,6 +192,7 @@ class Config:
     log_buffer_size: int = 10000
     log_retention_days: int = 30
     log_prune_interval: float = 3600.0
+    logs_follow_max_seconds: float = 3600.0
     # secrets (from files)
     secrets_dir: Path = OPENFAAS_SECRETS_DIR
     jwt_secret: str = field(default="", repr=False)
@@ -241,6 +249,7 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         gateway_read_timeout=_positive(env, "GATEWAY_READ_TIMEOUT", d.gateway_read_timeout),
         gateway_queue_timeout=_positive(env, "GATEWAY_QUEUE_TIMEOUT", d.gateway_queue_timeout),
         gateway_drain_timeout=_positive(env, "GATEWAY_DRAIN_TIMEOUT", d.gateway_drain_timeout),
+        gateway_identity_headers=_bool(env, "GATEWAY_IDENTITY_HEADERS", d.gateway_identity_headers),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes),
         trusted_proxies=_list(env, "TRUSTED_PROXIES", ",".join(d.trusted_proxies)),
         jwt_ttl_seconds=_int(env, "JWT_TTL_SECONDS", d.jwt_ttl_seconds),
@@ -251,6 +260,8 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         rate_limit_login=_int(env, "RATE_LIMIT_LOGIN", d.rate_limit_login),
         rate_limit_register=_int(env, "RATE_LIMIT_REGISTER", d.rate_limit_register),
         rate_limit_enabled=_bool(env, "RATE_LIMIT_ENABLED", d.rate_limit_enabled),
+        login_failure_limit=_int(env, "LOGIN_FAILURE_LIMIT", d.login_failure_limit),
+        login_failure_window=_int(env, "LOGIN_FAILURE_WINDOW", d.login_failure_window),
         worker_count=_int(env, "WORKER_COUNT", d.worker_count),
         async_queue=env.get("ASYNC_QUEUE", d.async_queue),
         async_callback_attempts=_int(env, "ASYNC_CALLBACK_ATTEMPTS", d.async_callback_attempts),
@@ -282,6 +293,7 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         log_buffer_size=_int(env, "LOG_BUFFER_SIZE", d.log_buffer_size),
         log_retention_days=_int(env, "LOG_RETENTION_DAYS", d.log_retention_days),
         log_prune_interval=_float(env, "LOG_PRUNE_INTERVAL", d.log_prune_interval),
+        logs_follow_max_seconds=_float(env, "LOGS_FOLLOW_MAX_SECONDS", d.logs_follow_max_seconds),
         secrets_dir=sdir,
         jwt_secret=read_secret(sdir, "jwt-secret") or "",
         callback_signing_key=read_secret(sdir, "callback-signing-key") or "",

@@ -17,8 +17,9 @@ from typing import Any
 
 import flask
 import orjson
+from werkzeug.wrappers import Request
 
-from . import cache, errors, logs, metrics, ratelimit, runtime
+from . import cache, errors, identity, logs, metrics, ratelimit, runtime
 from .config import get_config
 from .jsonshape import parse_id
 
@@ -154,12 +155,16 @@ def _is_trusted(addr: str, cidrs: tuple[str, ...]) -> bool:
     return any(ip in net for net in _networks(cidrs))
 
 
-def client_ip(request: flask.Request) -> str:
+def client_ip(request: Request) -> str:
     """The caller's address: ``X-Forwarded-For`` is believed only from a trusted proxy.
 
     Walks the forwarded chain from the right, skipping trusted proxies, so a client cannot
-    forge its address by sending its own ``X-Forwarded-For``.
+    forge its address by sending its own ``X-Forwarded-For``. An async invocation's client, as
+    the gateway decided it at submission, comes first (:mod:`identity`).
     """
+    carried: str | None = request.environ.get(identity.ENVIRON_KEY)
+    if carried:
+        return carried
     peer = request.remote_addr or "0.0.0.0"
     proxies = get_config().trusted_proxies
 

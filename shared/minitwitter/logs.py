@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -333,6 +334,21 @@ def drain(items: deque[T], limit: int | None = None) -> list[T]:
     return taken
 
 
+#: A JSON ``\u0000`` escape (preceded by an even number of backslashes, so not the text
+#: ``\\u0000``, an escaped backslash followed by "u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def storable(batch: str) -> str:
+    """JSON text PostgreSQL can store: NUL, which neither ``text`` nor ``jsonb`` can hold (SQLSTATE
+    22P05 refused the whole batch, and then the line), becomes the six characters ``\u0000``.
+
+    A request for ``/function/get-user/%00`` logs its path with a NUL; the line is kept, showing
+    where the NUL was. Other control characters are stored as they are.
+    """
+    return _NUL_ESCAPE.sub(r"\1\\\\u0000", batch) if "\\u0000" in batch else batch
+
+
 def store_lines(lines: list[str], *, checked: bool = False) -> None:
     """Insert JSON log lines (as :class:`JsonFormatter` writes them) with one statement.
 
@@ -343,8 +359,8 @@ def store_lines(lines: list[str], *, checked: bool = False) -> None:
     """
     from . import db
 
-    db.run(STORE_CHECKED_SQL if checked else STORE_SQL, lines="[" + ",".join(lines) + "]",
-           instance=INSTANCE)
+    db.run(STORE_CHECKED_SQL if checked else STORE_SQL,
+           lines=storable("[" + ",".join(lines) + "]"), instance=INSTANCE)
 
 
 def _store_checked(batch: list[str]) -> int:
@@ -444,12 +460,9 @@ def prune(retention_days: int) -> int:
     return int(rows[0][0])
 
 
-def query(*, name: str | None = None, since: datetime | None = None, tail: int | None = None,
-          call_id: str | None = None, level: str | None = None,
-          namespace: str = "openfaas-fn") -> list[dict[str, Any]]:
-    """Log lines in OpenFaaS ``/system/logs`` shape, oldest first."""
-    from . import db
-
+def _filters(name: str | None, since: datetime | None, call_id: str | None,
+             level: str | None) -> tuple[list[str], dict[str, Any]]:
+    """WHERE fragments (fixed text; values are bound) and parameters of a log query."""
     clauses = ["TRUE"]
     params: dict[str, Any] = {}
     if name:
@@ -464,30 +477,71 @@ def query(*, name: str | None = None, since: datetime | None = None, tail: int |
     if level:
         clauses.append("level = :level")
         params["level"] = level.upper()
-    limit = tail if tail is not None and tail >= 0 else 10000
-    params["limit"] = limit
-    where = " AND ".join(clauses)  # fixed fragments only; values are bound
-    rows = db.run(
-        f"SELECT ts, level, logger, message, function, call_id, account_id, status, duration_ms,"
-        f" instance, extra FROM (SELECT * FROM logs WHERE {where} ORDER BY ts DESC, id DESC"
-        f" LIMIT :limit) recent ORDER BY ts, id",
-        **params,
-    )
+    return clauses, params
+
+
+_COLUMNS = "id, ts, level, logger, message, function, call_id, account_id, status, duration_ms, instance, extra"
+
+
+def _entries(rows: list[list[Any]], namespace: str) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of :data:`_COLUMNS` as ``(id, line in OpenFaaS /system/logs shape)``."""
     out = []
-    for ts, lvl, logger, message, function, cid, account, status, duration, instance, extra in rows:
+    for row_id, ts, lvl, logger, message, function, cid, account, status, duration, instance, extra in rows:
         record = {"time": ts.isoformat(), "level": lvl, "logger": logger, "message": message,
                   "function": function, "call_id": cid, "account_id": account, "status": status,
                   "duration_ms": duration}
         if extra:
             record.update(extra if isinstance(extra, dict) else json.loads(extra))
-        out.append({
+        out.append((row_id, {
             "name": function or logger,
             "namespace": namespace,
             "instance": instance or INSTANCE,
             "timestamp": ts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "text": json.dumps(record, default=str),
-        })
+        }))
     return out
+
+
+def query_rows(*, name: str | None = None, since: datetime | None = None, tail: int | None = None,
+               call_id: str | None = None, level: str | None = None,
+               namespace: str = "openfaas-fn") -> list[tuple[int, dict[str, Any]]]:
+    """Log lines with their row ids, the newest ``tail`` (10,000 at most), oldest first."""
+    from . import db
+
+    clauses, params = _filters(name, since, call_id, level)
+    params["limit"] = tail if tail is not None and tail >= 0 else 10000
+    where = " AND ".join(clauses)
+    rows = db.run(f"SELECT {_COLUMNS} FROM (SELECT * FROM logs WHERE {where} ORDER BY ts DESC, id DESC"
+                  f" LIMIT :limit) recent ORDER BY ts, id", **params)
+    return _entries(rows, namespace)
+
+
+def query(*, name: str | None = None, since: datetime | None = None, tail: int | None = None,
+          call_id: str | None = None, level: str | None = None,
+          namespace: str = "openfaas-fn") -> list[dict[str, Any]]:
+    """Log lines in OpenFaaS ``/system/logs`` shape, oldest first."""
+    return [line for _, line in query_rows(name=name, since=since, tail=tail, call_id=call_id,
+                                           level=level, namespace=namespace)]
+
+
+def rows_after(after_id: int, *, name: str | None = None, since: datetime | None = None,
+               call_id: str | None = None, level: str | None = None, namespace: str = "openfaas-fn",
+               limit: int = 10000) -> list[tuple[int, dict[str, Any]]]:
+    """Log lines stored with an id above ``after_id``, in id order (what a follower polls)."""
+    from . import db
+
+    clauses, params = _filters(name, since, call_id, level)
+    where = " AND ".join([*clauses, "id > :after_id"])
+    rows = db.run(f"SELECT {_COLUMNS} FROM logs WHERE {where} ORDER BY id LIMIT :limit",
+                  after_id=after_id, limit=limit, **params)
+    return _entries(rows, namespace)
+
+
+def newest_id() -> int:
+    """The highest log row id stored (0 when none)."""
+    from . import db
+
+    return int(db.scalar("SELECT coalesce(max(id), 0) FROM logs"))
 
 
 def now_ms() -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -88,6 +89,17 @@ def resolve(url: str, allow_hosts: tuple[str, ...]) -> Target:
     return Target(url=url, host=host, port=port, address=str(addresses[0]))
 
 
+def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Headers with each name once, whatever its case: a later layer's value (and spelling)
+    wins. A callback is sent with these, never two ``Content-Type`` or ``X-Call-Id``."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            merged.pop(name.lower(), None)
+            merged[name.lower()] = (name, value)
+    return dict(merged.values())
+
+
 @dataclass(frozen=True)
 class Delivery:
     status: int
@@ -102,8 +114,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_hosts: tuple[s
     ip = target.address
     netloc_ip = f"[{ip}]" if ":" in ip else ip
     pinned = parts._replace(netloc=f"{netloc_ip}:{target.port}").geturl()
-    send_headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Content-Type": "application/json",
-                    "User-Agent": "minitwitter-callbacks/1.0", **headers}
+    send_headers = merge_headers({"Host": parts.netloc.rsplit("@", 1)[-1], "Content-Type": "application/json",
+                                  "User-Agent": "minitwitter-callbacks/1.0"}, headers)
     extensions = {"sni_hostname": target.host} if parts.scheme == "https" else {}
     with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         request = client.build_request("POST", pinned, content=body, headers=send_headers,

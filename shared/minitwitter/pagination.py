@@ -12,8 +12,9 @@ Newest-first lists link ``rel="next"`` to ``max_id=<last id>`` and ``rel="prev"`
 page is full (a shorter page is the end of the list). Links are references relative to the
 gateway root, ``/function/<name>?...``, so they are right behind any proxy or host name.
 
-A malformed ``limit`` or cursor is a 400 with the parameter named in ``details``; a ``limit``
-above :data:`PAGE_LIMIT_MAX` is clamped, as Mastodon does.
+A malformed ``limit`` or cursor, an empty one (``max_id=``) included, is a 400 with the
+parameter named in ``details`` (openapi.yaml: digits); a ``limit`` above :data:`PAGE_LIMIT_MAX`
+is clamped, as Mastodon does.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def parse(args: Mapping[str, str]) -> Page:
     problems: dict[str, list[str]] = {}
     limit = PAGE_LIMIT_DEFAULT
     raw_limit = args.get("limit")
-    if raw_limit is not None and raw_limit != "":
+    if raw_limit is not None:
         parsed = parse_id(raw_limit.strip())
         if parsed is None:
             problems["limit"] = [f"must be an integer between 1 and {PAGE_LIMIT_MAX}"]
@@ -70,7 +71,7 @@ def parse(args: Mapping[str, str]) -> Page:
     cursors: dict[str, int | None] = {}
     for name in CURSORS:
         raw = args.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             cursors[name] = None
             continue
         cursors[name] = parse_id(raw.strip())

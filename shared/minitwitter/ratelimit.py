@@ -7,6 +7,11 @@ authenticated, in its account's bucket. The tightest decision of the request is 
 requests are let through (availability over strictness) and the failure is counted. Counts
 ride along with the request's next Redis round trip instead of costing one of their own
 (:func:`count`).
+
+Failed attempts at a secret (a password for one username, basic auth from one client IP) have
+their own fixed-window budgets (:func:`attempt`): an attempt takes its place before it is
+checked, so parallel guesses cannot all slip through, and gives it back when it succeeds. Once
+the budget is spent, attempts are refused unchecked until the window ends: the wait is bounded.
 """
 
 from __future__ import annotations
@@ -45,11 +50,11 @@ def ip_limit(scope: str, cfg: Config) -> int:
     return {"login": cfg.rate_limit_login, "register": cfg.rate_limit_register}.get(scope, cfg.rate_limit_ip)
 
 
-_COUNT = """
+_INCR = """
 local used = redis.call('INCR', KEYS[1])
 if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return used
 """
+_COUNT = _INCR + "return used\n"
 #: INCR the window's counter and give a new one its expiry: one round trip, one command.
 _HIT = cache.Lua(_COUNT)
 
@@ -112,3 +117,43 @@ def check_account(account_id: int, only_if: tuple[str, str] | None = None) -> No
     if not cfg.rate_limit_enabled:
         return
     count("account", f"api:acct:{account_id}", cfg.rate_limit_account, cfg.rate_limit_window, only_if)
+
+
+#: An attempt takes its place in the window's failure count (KEYS[1]); a client named by
+#: KEYS[2], when given and present, is counted but never refused (returns 0).
+_ATTEMPT = cache.Lua(_INCR + "if #KEYS > 1 and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n"
+                     "return used\n")
+#: A successful attempt gives its place back (only while the window's count exists).
+_REFUND = cache.Lua("if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end"
+                    " return 0")
+
+
+def attempt(scope: str, subject: str, limit: int, window: int, known: str | None = None) -> str | None:
+    """Count an attempt at ``subject``'s secret before it is checked; RateLimited (429) when
+    ``limit`` attempts of this window already failed, until the window ends.
+
+    ``known`` names a Redis key whose presence exempts the caller from the refusal (an address
+    the account logged in from). Returns the key to :func:`refund` when the attempt succeeds;
+    None when nothing was counted (limits off, Redis down: attempts are let through).
+    """
+    if not get_config().rate_limit_enabled or limit <= 0:
+        return None
+    now = int(time.time())
+    start = now - now % window
+    key = f"rl:{scope}:{subject}:{start}"
+    keys = [key] if known is None else [key, known]
+    used = cache.soft(lambda r: _ATTEMPT(r, keys, [window + 1]), None)
+    if used is None:
+        return None
+    if int(used) > limit:
+        metrics.RATE_LIMITED.labels(scope=scope).inc()
+        raise errors.RateLimited(retry_after=start + window - now, limit=limit, reset_at=start + window)
+    return key
+
+
+def refund(key: str | None) -> None:
+    """Give back the place of an attempt that succeeded (rides with the request's last round
+    trip)."""
+    if key is not None:
+        cache.write_later([_REFUND.command([key], [])], script=_REFUND)
+
