@@ -115,9 +115,11 @@ class Nginx:
         return self.log.read_text(errors="replace")
 
 
-def start(conf: str, prefix: Path, port: int, log: Path, timeout: float = 10.0) -> Nginx:
+def start(conf: str, prefix: Path, port: int, log: Path, timeout: float = 10.0,
+          stdout: Path | None = None) -> Nginx:
     """Write ``conf`` to ``prefix``/nginx.conf, check it (``nginx -t``), run it in the foreground
-    with stdout and stderr appended to ``log``, and wait until 127.0.0.1:``port`` accepts.
+    with stderr (and stdout, unless ``stdout`` names another file: where gateway/nginx.conf's
+    access log goes) appended to ``log``, and wait until 127.0.0.1:``port`` accepts.
 
     RuntimeError when nginx is missing, rejects the configuration or does not listen in time."""
     found = binary()
@@ -129,8 +131,8 @@ def start(conf: str, prefix: Path, port: int, log: Path, timeout: float = 10.0) 
     test = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
     if test.returncode != 0:
         raise RuntimeError(f"nginx -t rejected {conf_path}:\n{test.stderr}")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*base, "-g", "daemon off;"], stdout=out, stderr=out)
+    with open(log, "ab") as err, open(stdout or log, "ab") as out:
+        proc = subprocess.Popen([*base, "-g", "daemon off;"], stdout=out, stderr=err)
     server = Nginx(proc, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout
     while not _accepts(port):
