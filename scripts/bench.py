@@ -1,20 +1,42 @@
-"""HTTP benchmark of the API through the gateway: ``make bench`` (``python -m scripts.bench``).
+"""HTTP benchmark of the API, as ratios of nginx on the same machine: ``make bench``
+(``python -m scripts.bench``).
 
-1. The stack: ``BENCH_URL`` (or ``--url``) names a running gateway; otherwise this starts one on a
-   free loopback port exactly as ``make run`` does (granian via ``python -m gateway.serve``
-   plus ``python -m gateway.worker``) against its own database ``minitwitter_bench`` (dropped and
-   migrated first) and Redis DB 11 (flushed first). Rate limits are counted as in
-   production, with budgets raised to 10^9: every request comes from one loopback IP and a
+Machines differ up to 2.6 times in speed between sessions, so absolute requests/s do not compare
+(issue 21). Every figure is therefore also given relative to a yardstick measured **in the same
+run with the same wrk settings**: Debian's nginx (1 worker process, access log off, sendfile)
+serving a static file of exactly the size of the seeded 100-post feed at 10 and 100 connections,
+and a 100-byte file at 10 connections. The reference implementation's figures, measured the
+same way, are constants here (:data:`REFERENCE`); the goals are multiples of them
+(:data:`GOAL_MULTIPLE`).
+
+1. The stack (``--topology``):
+
+   * ``single`` (default): ``make run``'s gateway alone, started on a free loopback port as
+     ``make run`` does (granian via ``python -m gateway.serve`` plus ``python -m gateway.worker``);
+   * ``seed``: the compose topology on this host: nginx with the repository's own
+     ``gateway/nginx.conf`` (rendered by ``scripts/nginx.py`` as ``tests/test_nginx.py`` runs
+     it) in front of two gateway replicas (``GATEWAY_WORKERS=2``, ``GATEWAY_THREADS=2`` each,
+     as docker-compose.yml runs them), plus the queue workers; every request goes through nginx;
+   * ``both``: single, then seed, in one invocation, sharing one yardstick measurement.
+
+   Each stack gets its own database ``minitwitter_bench`` (dropped and migrated first) and Redis
+   DB 11 (flushed first). ``BENCH_URL`` (or ``--url``) measures a running stack instead
+   (``--topology`` then says which goals apply; no memory figures). Rate limits are counted as
+   in production, with budgets raised to 10^9: every request comes from one loopback IP and a
    handful of accounts, so the real budgets would turn the load test into a 429 test.
 2. Seeding through the real API: users (register + login), 100 posts (the reference feed size),
    follows and likes; then it waits until the sentiment workers labelled every post so the
    read scenarios measure a settled state.
-3. wrk on loopback for each scenario (``--repeats`` runs of ``--duration`` seconds; medians are
-   reported), create-post last because it grows the timeline. Requests/s, p50/p90/p99 latency
-   and errors (non-2xx responses + socket errors) are printed and saved as JSON and a markdown
-   table in ``bench/results/``, with pass/fail against the issue's targets.
+3. Memory: PSS (``/proc/<pid>/smaps_rollup``) summed over every process of the stack the harness
+   started (gateway main and server processes, queue-worker supervisor, workers, scheduler;
+   nginx apart), idle after seeding and again after the load.
+4. The yardstick (once per invocation, after the first seeding, while the stack idles), then wrk
+   on loopback for each scenario (``--repeats`` runs of ``--duration`` seconds; medians are
+   reported), create-post last because it grows the timeline. Requests/s, p50/p90/p99 latency,
+   errors (non-2xx responses + socket errors), "% of nginx", "p99 x nginx", "x reference" and
+   the goals' PASS/FAIL are printed and saved as JSON and markdown in ``bench/results/``.
 
-Each scenario first runs ``--warmup`` unmeasured seconds (thread pools and their per-thread
+Each measurement first runs ``--warmup`` unmeasured seconds (thread pools and their per-thread
 database connections, caches). ``--quick`` is one 3-second run per scenario. ``--profile``
 records py-spy stacks of the thread holding the GIL (Python CPU) of every gateway server worker
 during the first run of each scenario (``bench/results/profile-*.txt``, collapsed-stack format).
@@ -31,19 +53,22 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
+
+from scripts import nginx as nginx_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -61,6 +86,9 @@ POST_TEXTS = (
     "Does anyone know a good hiking trail near the lake? Planning a weekend trip soon",
     "Terrible traffic this morning, an hour stuck on the bridge with no way out at all",
 )
+TOPOLOGIES = ("single", "seed")
+#: What docker-compose.yml gives each gateway replica (x-gateway's defaults).
+SEED_REPLICA_ENV = {"GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "2"}
 
 
 # -- wrk output ----------------------------------------------------------------------------------
@@ -109,49 +137,134 @@ def parse_wrk(text: str) -> WrkResult:
         socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0)
 
 
-# -- scenarios and targets -----------------------------------------------------------------------
+# -- scenarios, the yardstick, the reference and the goals (issue 21) ----------------------------
 @dataclass(frozen=True)
 class Scenario:
-    """One wrk load: a gateway path at a number of connections."""
+    """One wrk load: a path at a number of connections."""
 
     name: str
     path: str
     connections: int
     token: bool = False  # send one account's Bearer token
     script: str | None = None  # a Lua script in scripts/bench/ (gets the tokens file)
+    #: the nginx static-file measurement this scenario's "% of nginx" and "p99 x nginx" divide by
+    yardstick: str = "nginx feed c10"
+
+
+#: The yardstick's files: the seeded 100-post feed as served (so exactly its size) and a small
+#: JSON object of :data:`SMALL_FILE_BYTES` bytes, in the place of one account.
+FEED_FILE, SMALL_FILE = "feed.json", "small.json"
+SMALL_FILE_BYTES = 100
+#: The yardstick: nginx serving those files, with the scenarios' wrk settings.
+YARDSTICKS = (
+    Scenario("nginx feed c10", "/" + FEED_FILE, 10),
+    Scenario("nginx feed c100", "/" + FEED_FILE, 100),
+    Scenario("nginx small c10", "/" + SMALL_FILE, 10),
+)
+FEED_C10, FEED_C100, SMALL_C10 = (y.name for y in YARDSTICKS)
 
 
 @dataclass(frozen=True)
-class Target:
-    """The issue's goal: twice the reference implementation's rate with p99 no higher."""
+class Reference:
+    """The reference implementation on one scenario, as ratios of nginx on the same machine."""
 
     scenario: str
-    min_rps: float
-    max_p99_ms: float
-    reference: str
+    label: str  # the issue's words
+    pct_of_nginx: float  # its requests/s as % of the scenario's yardstick's
+    p99_x_nginx: float | None  # its p99 as a multiple of the yardstick's p99 (None: not given)
 
 
-TARGETS = (
-    Target("list-posts limit=100 c10", 4540, 9, "feed of 100 posts 2,270/s p99 9 ms"),
-    Target("list-posts limit=100 c100", 4800, 62, "feed of 100 posts 2,400/s p99 62 ms"),
-    Target("get-user c10", 5240, 9, "one account by id 2,620/s p99 9 ms"),
-    Target("create-post c10", 1288, 29, "create post 644/s p99 29 ms"),
-)
+#: Issue 21's measurement of the reference (TypeScript API under bun, one process), the one place
+#: these numbers live: "% of nginx" and "p99 x nginx" against the matching yardstick.
+REFERENCE: dict[str, Reference] = {r.scenario: r for r in (
+    Reference("list-posts limit=100 c10", "feed of 100 posts, 10 conns", 11.0, 1.3),
+    Reference("list-posts limit=100 c100", "feed, 100 conns", 8.6, 5.2),
+    Reference("get-user c10", "one account, 10 conns", 10.9, 1.6),
+    Reference("create-post c10", "create post, 10 conns", 2.5, None),
+)}
+#: The goals per topology: at least this multiple of the reference's "% of nginx" on every
+#: scenario above, a p99 multiple of nginx's no higher than the reference's, and no errors.
+GOAL_MULTIPLE = {"single": 1.3, "seed": 2.0}
+#: PSS of everything the single topology runs (gateway, queue workers, their supervisors), MiB.
+MEMORY_GOALS_MIB = {"idle": 200.0, "after_load": 250.0}
 
 
 def scenarios(seed: Seed) -> list[Scenario]:
-    """The load profile; create-post last because it adds posts to the timeline."""
+    """The load profile; create-post last because it adds posts to the timeline.
+
+    Yardsticks: feeds against the feed-size file at the same connection count, one object
+    (get-user, get-post) against the small file, create-post against the feed file (as in the
+    issue)."""
     listing = "/function/list-posts?limit={}"
     return [
-        Scenario("list-posts limit=20 c10", listing.format(20), 10),
-        Scenario("list-posts limit=20 c100", listing.format(20), 100),
-        Scenario("list-posts limit=100 c10", listing.format(100), 10),
-        Scenario("list-posts limit=100 c100", listing.format(100), 100),
-        Scenario("get-post c10", f"/function/get-post/{seed.post_ids[0]}", 10),
-        Scenario("get-user c10", f"/function/get-user/id/{seed.user_ids[0]}", 10),
-        Scenario("home-timeline c10", "/function/home-timeline", 10, token=True),
-        Scenario("create-post c10", "/function/create-post", 10, script="create_post.lua"),
+        Scenario("list-posts limit=20 c10", listing.format(20), 10, yardstick=FEED_C10),
+        Scenario("list-posts limit=20 c100", listing.format(20), 100, yardstick=FEED_C100),
+        Scenario("list-posts limit=100 c10", listing.format(100), 10, yardstick=FEED_C10),
+        Scenario("list-posts limit=100 c100", listing.format(100), 100, yardstick=FEED_C100),
+        Scenario("get-post c10", f"/function/get-post/{seed.post_ids[0]}", 10, yardstick=SMALL_C10),
+        Scenario("get-user c10", f"/function/get-user/id/{seed.user_ids[0]}", 10, yardstick=SMALL_C10),
+        Scenario("home-timeline c10", "/function/home-timeline", 10, token=True, yardstick=FEED_C10),
+        Scenario("create-post c10", "/function/create-post", 10, script="create_post.lua", yardstick=FEED_C10),
     ]
+
+
+def compare(result: dict[str, Any], nginx: dict[str, Any] | None,
+            reference: Reference | None) -> dict[str, float | None]:
+    """A scenario's ratios: % of nginx (requests/s over the yardstick's), p99 x nginx (p99 over
+    the yardstick's p99), x reference (% of nginx over the reference's % of nginx)."""
+    pct = 100.0 * result["rps"] / nginx["rps"] if nginx and nginx["rps"] > 0 else None
+    p99_x = result["p99_ms"] / nginx["p99_ms"] if nginx and nginx["p99_ms"] > 0 else None
+    x_ref = pct / reference.pct_of_nginx if pct is not None and reference else None
+    return {"pct_of_nginx": pct, "p99_x_nginx": p99_x, "x_reference": x_ref}
+
+
+def check_goals(topology: str, summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """PASS/FAIL of the topology's goal on every reference scenario that ran (with its ratios)."""
+    multiple = GOAL_MULTIPLE.get(topology)
+    if multiple is None:
+        return []
+    verdicts = []
+    for ref in REFERENCE.values():
+        got = summary.get(ref.scenario)
+        if got is None or got.get("pct_of_nginx") is None:
+            continue
+        min_pct = round(multiple * ref.pct_of_nginx, 6)
+        p99_ok = ref.p99_x_nginx is None or (got["p99_x_nginx"] is not None
+                                             and got["p99_x_nginx"] <= ref.p99_x_nginx)
+        goal = f"≥ {round(min_pct, 2):g} % of nginx ({multiple:g} × {ref.pct_of_nginx:g} %)"
+        measured = f"{got['pct_of_nginx']:.1f} % ({got['x_reference']:.2f} × ref)"
+        if ref.p99_x_nginx is not None:
+            goal += f", p99 ≤ {ref.p99_x_nginx:g} × nginx's"
+            measured += f", p99 {_num(got['p99_x_nginx'], '.2f')} ×"
+        verdicts.append({
+            "topology": topology, "name": ref.scenario, "goal": goal + ", no errors",
+            "measured": measured + f", {got['errors']:.0f} errors",
+            "min_pct_of_nginx": min_pct, "max_p99_x_nginx": ref.p99_x_nginx,
+            "pct_of_nginx": got["pct_of_nginx"], "p99_x_nginx": got["p99_x_nginx"],
+            "x_reference": got["x_reference"], "errors": got["errors"],
+            "passed": got["pct_of_nginx"] >= min_pct and p99_ok and got["errors"] == 0})
+    return verdicts
+
+
+def check_memory(topology: str, memory: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """PASS/FAIL of the memory goals (the single topology's: the issue's figures are for one
+    gateway with its workers)."""
+    if topology != "single":
+        return []
+    verdicts = []
+    for when, limit in MEMORY_GOALS_MIB.items():
+        measured = memory.get(when)
+        if measured is None:
+            continue
+        verdicts.append({"topology": topology, "name": f"memory {when.replace('_', ' ')}",
+                         "goal": f"PSS ≤ {limit:g} MiB", "measured": f"{measured['total_mib']:.1f} MiB",
+                         "max_mib": limit, "mib": measured["total_mib"],
+                         "passed": measured["total_mib"] <= limit})
+    return verdicts
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 # -- seeding through the API ---------------------------------------------------------------------
@@ -226,6 +339,129 @@ def wait_labelled(client: httpx.Client, timeout: float = 60.0) -> bool:
 
 
 # -- the stack -----------------------------------------------------------------------------------
+# -- the yardstick: nginx serving static files ---------------------------------------------------
+def small_body(size: int = SMALL_FILE_BYTES) -> bytes:
+    """A JSON object of exactly ``size`` bytes, shaped like one account."""
+    head, tail = b'{"id":1,"username":"bench_user_00","display_name":"Bench user 0","bio":"', b'"}'
+    if size < len(head) + len(tail):
+        raise ValueError(f"a small file needs at least {len(head) + len(tail)} bytes")
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+def write_yardstick_files(root: Path, feed: bytes) -> dict[str, int]:
+    """The yardstick's document root: ``feed`` as served by the API (so exactly the feed's size)
+    and the small file; readable by nginx's workers. Their sizes by file name."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    sizes = {}
+    for name, body in ((FEED_FILE, feed), (SMALL_FILE, small_body())):
+        (root / name).write_bytes(body)
+        (root / name).chmod(0o644)
+        sizes[name] = (root / name).stat().st_size
+    return sizes
+
+
+@contextmanager
+def static_nginx(feed: bytes) -> Iterator[nginx_tool.Nginx]:
+    """nginx (:func:`scripts.nginx.static_conf`: 1 worker, access log off, sendfile) serving the
+    yardstick's files on a free loopback port, under a private prefix removed afterwards."""
+    from gateway.embedded import free_port
+
+    prefix = nginx_tool.private_dir("bench-yardstick-")
+    try:
+        write_yardstick_files(prefix / "www", feed)
+        port = free_port()
+        conf = nginx_tool.static_conf(prefix / "www", f"127.0.0.1:{port}", prefix)
+        server = nginx_tool.start(conf, prefix, port, prefix / "nginx.out")
+        try:
+            yield server
+        finally:
+            nginx_tool.stop([server])
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def measure_yardstick(feed: bytes, args: argparse.Namespace, names: set[str]) -> dict[str, Any]:
+    """Run the yardsticks named (those the chosen scenarios compare with), as the scenarios run."""
+    print(f"yardstick: nginx serving a {len(feed):,}-byte file (the feed) and a {SMALL_FILE_BYTES}-byte "
+          "one ...", flush=True)
+    with static_nginx(feed) as server:
+        runs = {y.name: measure(server.url, y, args) for y in YARDSTICKS if y.name in names}
+    return {"nginx": nginx_tool.version(), "config": "1 worker process, access_log off, sendfile on",
+            "feed_bytes": len(feed), "small_bytes": SMALL_FILE_BYTES,
+            "results": {name: median_result(rs) for name, rs in runs.items()},
+            "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()}}
+
+
+# -- memory: PSS of a stack's processes ----------------------------------------------------------
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants alive now (parent pids from ``/proc/*/stat``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    if not Path(f"/proc/{root}").exists():
+        return []
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        tree.append(pid)
+        todo.extend(sorted(children.get(pid, [])))
+    return tree
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in KiB (``/proc/<pid>/smaps_rollup``); None when gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) if match else None
+
+
+def measure_memory(groups: dict[str, list[int]], apart: tuple[str, ...] = ("nginx",)) -> dict[str, Any]:
+    """PSS of every process in the trees rooted at each group's pids, per group and process;
+    ``total_mib`` sums the groups not named in ``apart`` (nginx is reported on its own)."""
+    out: dict[str, Any] = {"groups": {}}
+    for group, roots in groups.items():
+        processes: list[dict[str, Any]] = []
+        for pid in (p for root in roots for p in process_tree(root)):
+            kib = pss_kib(pid)
+            if kib is None:  # exited meanwhile, or a zombie
+                continue
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                name = "?"
+            processes.append({"pid": pid, "name": name, "pss_kib": kib})
+        out["groups"][group] = {"pss_mib": round(sum(p["pss_kib"] for p in processes) / 1024, 1),
+                                "processes": processes}
+    out["total_mib"] = round(sum(g["pss_mib"] for name, g in out["groups"].items() if name not in apart), 1)
+    out["processes"] = sum(len(g["processes"]) for name, g in out["groups"].items() if name not in apart)
+    return out
+
+
+# -- the stacks ----------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """What a benchmark runs against: its URL and, when the harness started it, its processes."""
+
+    topology: str
+    url: str
+    description: str
+    #: group name → root pids whose process trees make up the group (memory); "nginx" is apart
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    #: the gateway server main processes (granian), whose children serve the requests
+    gateway_mains: list[int] = field(default_factory=list)
+
+    def server_workers(self) -> list[int]:
+        return [pid for main in self.gateway_mains for pid in server_workers(main)]
+
+
 def stack_env(database_url: str, redis_url: str, port: int, prom_dir: Path) -> dict[str, str]:
     """Environment of the gateway and workers the benchmark starts."""
     from minitwitter.config import ensure_dev_secrets
@@ -267,46 +503,132 @@ def reset_stores(database_url: str, redis_url: str) -> None:
     redis.Redis.from_url(redis_url).flushdb()
 
 
-@contextmanager
-def local_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start migrations, the gateway server and the workers; yield (url, server process)."""
-    from gateway import serve
-    from gateway.embedded import free_port
+def _prepare_database(database_url: str, redis_url: str, env: dict[str, str]) -> None:
+    reset_stores(database_url, redis_url)
+    subprocess.run([sys.executable, "-m", "minitwitter.migrate"], env=env, cwd=REPO_ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _start(argv: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    # A session of its own: the process group holds whatever it forks (RQ's scheduler too), and a
+    # terminal's Ctrl-C reaches only this harness, which stops everything in order.
+    return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> None:
+    """SIGTERM (granian drains, workers finish their job), SIGKILL after ``grace``; then any
+    straggler left in each process's group."""
     from gateway.run import stop_services
 
-    reset_stores(database_url, redis_url)
+    stop_services(procs, grace=grace)
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _sizes(env: dict[str, str]) -> tuple[int, int, int]:
+    from minitwitter.config import load_config
+
+    config = load_config(env)
+    return config.gateway_workers, config.gateway_threads, config.worker_count
+
+
+@contextmanager
+def single_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    """``make run``'s gateway alone: the gateway server and the queue workers, as ``make run``
+    starts them, on a free loopback port."""
+    from gateway import serve
+    from gateway.embedded import free_port
+
     port = free_port()
     prom_dir = Path(tempfile.mkdtemp(prefix="bench-prom-"))
     env = stack_env(database_url, redis_url, port, prom_dir)
+    _prepare_database(database_url, redis_url, env)
     log_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "minitwitter.migrate"], env=env, cwd=REPO_ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with open(log_dir / "stack.log", "ab") as stack_log:
-            for argv in (serve.command(), [sys.executable, "-m", "gateway.worker"]):
-                procs.append(subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=stack_log,
-                                              stderr=stack_log))
+        with open(log_dir / "stack.log", "ab") as log:
+            procs.append(_start(serve.command(), env, log))
+            procs.append(_start([sys.executable, "-m", "gateway.worker"], env, log))
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, procs[0])
-        yield url, procs[0]
+        workers, threads, queue = _sizes(env)
+        yield Stack("single", url, f"`make run`'s gateway alone ({workers} server processes × {threads} "
+                    f"threads) + {queue} queue workers",
+                    {"gateway": [procs[0].pid], "queue workers": [procs[1].pid]}, [procs[0].pid])
     finally:
-        stop_services(procs, grace=30)
+        _stop(procs)
         shutil.rmtree(prom_dir, ignore_errors=True)
+
+
+def seed_nginx_conf(upstreams: tuple[str, str], listen: str, prefix: Path) -> str:
+    """The repository's gateway/nginx.conf for the seed topology on this host (the rendering
+    tests/test_nginx.py proves)."""
+    return nginx_tool.render_conf(nginx_tool.NGINX_CONF.read_text(), upstreams, listen, prefix)
+
+
+@contextmanager
+def seed_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    """The compose topology on this host: nginx (gateway/nginx.conf) → two gateway replicas
+    (:data:`SEED_REPLICA_ENV`, trusting nginx's X-Forwarded-For) and the queue workers (whose
+    async calls go through nginx, as in compose). nginx's access log (JSON lines on stdout, as
+    shipped) is written to a file in its private folder and removed afterwards; its errors go to
+    the stack log."""
+    from gateway import serve
+    from gateway.embedded import free_port
+
+    prefix = nginx_tool.private_dir("bench-seed-nginx-")
+    temp_dirs = [prefix]
+    procs: list[subprocess.Popen[bytes]] = []
+    nginx: nginx_tool.Nginx | None = None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ports, env = [], {}
+        with open(log_dir / "stack.log", "ab") as log:
+            for _ in range(2):  # one after the other: each seeds the function registry on start
+                ports.append(free_port())
+                temp_dirs.append(Path(tempfile.mkdtemp(prefix="bench-prom-")))
+                env = {**stack_env(database_url, redis_url, ports[-1], temp_dirs[-1]), **SEED_REPLICA_ENV,
+                       "TRUSTED_PROXIES": "127.0.0.1/32"}
+                if len(ports) == 1:
+                    _prepare_database(database_url, redis_url, env)
+                procs.append(_start(serve.command(), env, log))
+                _wait_healthy(f"http://127.0.0.1:{ports[-1]}", procs[-1])
+            nginx_port = free_port()
+            conf = seed_nginx_conf((f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"),
+                                   f"127.0.0.1:{nginx_port}", prefix)
+            nginx = nginx_tool.start(conf, prefix, nginx_port, log_dir / "stack.log", stdout=prefix / "access.log")
+            temp_dirs.append(Path(tempfile.mkdtemp(prefix="bench-prom-")))
+            worker_env = {**env, "GATEWAY_URL": nginx.url, "PROMETHEUS_MULTIPROC_DIR": str(temp_dirs[-1])}
+            procs.append(_start([sys.executable, "-m", "gateway.worker"], worker_env, log))
+        _wait_healthy(nginx.url, nginx.proc)
+        workers, threads, queue = _sizes(env)
+        yield Stack("seed", nginx.url, f"nginx (gateway/nginx.conf) → 2 gateway replicas ({workers} server "
+                    f"processes × {threads} threads each) + {queue} queue workers",
+                    {"gateway-1": [procs[0].pid], "gateway-2": [procs[1].pid], "queue workers": [procs[2].pid],
+                     "nginx": [nginx.proc.pid]}, [procs[0].pid, procs[1].pid])
+    finally:
+        if nginx is not None:
+            nginx_tool.stop([nginx])
+        _stop(procs)
+        for path in temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit("the gateway exited during start-up; see bench/results/logs/stack.log")
+            raise SystemExit(f"a process exited during start-up ({url}); see bench/results/logs/stack.log")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"the gateway at {url} did not become healthy within {timeout:.0f} s")
+    raise SystemExit(f"{url} did not become healthy within {timeout:.0f} s")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -330,8 +652,8 @@ def server_workers(master_pid: int) -> list[int]:
 
 
 # -- running -------------------------------------------------------------------------------------
-def run_wrk(url: str, scenario: Scenario, seconds: float, threads: int, token: str,
-            tokens_file: Path) -> WrkResult:
+def run_wrk(url: str, scenario: Scenario, seconds: float, threads: int, token: str = "",
+            tokens_file: Path | None = None) -> WrkResult:
     """One wrk run of ``scenario``."""
     cmd = ["wrk", f"-t{min(threads, scenario.connections)}", f"-c{scenario.connections}",
            f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
@@ -348,6 +670,31 @@ def run_wrk(url: str, scenario: Scenario, seconds: float, threads: int, token: s
     return parse_wrk(done.stdout)
 
 
+def measure(url: str, scenario: Scenario, args: argparse.Namespace, stack: Stack | None = None,
+            token: str = "", tokens_file: Path | None = None) -> list[WrkResult]:
+    """``--warmup`` unmeasured seconds, then ``--repeats`` runs of ``--duration`` seconds; with a
+    stack the harness started, the gateway's CPU per request (and py-spy with ``--profile``)."""
+    if args.warmup > 0:  # fill thread pools, connections and caches before measuring
+        run_wrk(url, scenario, args.warmup, args.threads, token, tokens_file)
+    results = []
+    label = f"{stack.topology} {scenario.name}" if stack else scenario.name
+    for i in range(args.repeats):
+        workers = stack.server_workers() if stack else []
+        spies = profile(workers, args.duration, label) if workers and args.profile and i == 0 else []
+        cpu_before = cpu_seconds(workers)
+        result = run_wrk(url, scenario, args.duration, args.threads, token, tokens_file)
+        if workers and result.requests:
+            result.cpu_ms_per_request = (cpu_seconds(workers) - cpu_before) * 1e3 / result.requests
+        for spy in spies:
+            spy.wait(30)
+        results.append(result)
+        print(f"  {label:34} run {i + 1}: {result.rps:9,.0f} req/s  p50 {result.p50_ms:6.2f}  "
+              f"p90 {result.p90_ms:6.2f}  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+              + (f"  cpu {result.cpu_ms_per_request:.2f} ms/req" if result.cpu_ms_per_request else ""),
+              flush=True)
+    return results
+
+
 def median_result(runs: list[WrkResult]) -> dict[str, Any]:
     """Per-figure medians of several runs (errors are summed)."""
     cpu = [r.cpu_ms_per_request for r in runs if r.cpu_ms_per_request is not None]
@@ -362,17 +709,16 @@ def median_result(runs: list[WrkResult]) -> dict[str, Any]:
     }
 
 
-def check_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pass/fail of every target whose scenario ran."""
-    verdicts = []
-    for target in TARGETS:
-        got = summary.get(target.scenario)
-        if got is None:
-            continue
-        verdicts.append({**asdict(target), "rps": got["rps"], "p99_ms": got["p99_ms"],
-                         "passed": got["rps"] >= target.min_rps and got["p99_ms"] <= target.max_p99_ms
-                         and got["errors"] == 0})
-    return verdicts
+def summarise(runs: dict[str, list[WrkResult]], chosen: list[Scenario],
+              yardstick: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Medians of each scenario's runs with its yardstick's name and its ratios."""
+    summary = {}
+    for scenario in chosen:
+        got = median_result(runs[scenario.name])
+        got["yardstick"] = scenario.yardstick
+        got.update(compare(got, yardstick["results"].get(scenario.yardstick), REFERENCE.get(scenario.name)))
+        summary[scenario.name] = got
+    return summary
 
 
 def python_speed_ms() -> float:
@@ -407,42 +753,109 @@ def machine() -> dict[str, Any]:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kib / 1024 / 1024, 1),
             "python": platform.python_version(), "kernel": platform.release(),
-            "python_loop_ms": python_speed_ms(),
-            "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "?"}
+            "python_loop_ms": python_speed_ms(), "nginx": nginx_tool.version(),
+            "wrk": (wrk.stdout or wrk.stderr or "?").splitlines()[0].split(" Copyright")[0]}
+
+
+def _memory_rows(topology: str, memory: dict[str, dict[str, Any] | None]) -> list[str]:
+    rows = []
+    for when, m in memory.items():
+        if m is None:
+            continue
+        groups = ", ".join(f"{name} {g['pss_mib']:.1f}" for name, g in m["groups"].items() if name != "nginx")
+        nginx = m["groups"].get("nginx")
+        rows.append(f"| {topology} | {when.replace('_', ' ')} | {m['total_mib']:.1f} | {groups} | "
+                    f"{m['processes']} | {nginx['pss_mib']:.1f} |" if nginx else
+                    f"| {topology} | {when.replace('_', ' ')} | {m['total_mib']:.1f} | {groups} | "
+                    f"{m['processes']} | |")
+    return rows
+
+
+def _ratio_cell(pct: float | None, p99_x: float | None, x_ref: float | None = None) -> str:
+    if pct is None:
+        return "n/a"
+    return (f"{pct:.1f} %" + (f", p99 {p99_x:.2f} ×" if p99_x is not None else "")
+            + (f", {x_ref:.2f} × ref" if x_ref is not None else ""))
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The results as the markdown tables docs/benchmarks.md shows."""
-    lines = [f"Runs: {report['repeats']} × {report['duration_s']:g} s per scenario, wrk "
-             f"{report['threads']} threads, medians. Machine: {report['machine']['nproc']} cores "
-             f"({report['machine']['cpu']}), {report['machine']['ram_gib']} GiB RAM.", "",
+    """The results as markdown: machine, yardstick, each topology's scenarios with their ratios,
+    the ratios side by side, the goals' verdicts, memory."""
+    m = report["machine"]
+    lines = [f"Runs: {report['repeats']} × {report['duration_s']:g} s per measurement (after "
+             f"{report['warmup_s']:g} s warm-up), wrk {report['threads']} threads, medians. Machine: "
+             f"{m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Python {m['python']}, "
+             f"{m['wrk']}, {m['nginx']}.", "",
              f"Load average before the run: {report['loadavg_before']}. Python speed "
-             f"(`bench.python_speed_ms`): {report['machine'].get('python_loop_ms', '?')} ms.", "",
-             "| scenario | requests/s | p50 ms | p90 ms | p99 ms | errors | gateway CPU ms/req |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, s in report["scenarios"].items():
-        cpu = f"{s['cpu_ms_per_request']:.2f}" if s.get("cpu_ms_per_request") is not None else "n/a"
-        lines.append(f"| {name} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
-                     f"{s['p99_ms']:.2f} | {s['errors']:.0f} | {cpu} |")
-    if report["targets"]:
-        lines += ["", "| target | goal | measured | result |", "|---|---|---|---|"]
-        for t in report["targets"]:
-            lines.append(f"| {t['scenario']} | ≥ {t['min_rps']:,.0f}/s, p99 ≤ {t['max_p99_ms']:g} ms | "
-                         f"{t['rps']:,.0f}/s, p99 {t['p99_ms']:.1f} ms | {'PASS' if t['passed'] else 'FAIL'} |")
+             f"(`bench.python_speed_ms`): {m.get('python_loop_ms', '?')} ms."]
+    y = report.get("yardstick")
+    if y:
+        lines += ["", f"**Yardstick**, in the same run with the same wrk settings: {y['nginx']} ({y['config']}) "
+                  f"serving the seeded `list-posts?limit=100` response as a file ({y['feed_bytes']:,} bytes) "
+                  f"and a {y['small_bytes']}-byte file:", "",
+                  "| yardstick | requests/s | p50 ms | p90 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+        for name, s in y["results"].items():
+            lines.append(f"| {name} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
+                         f"{s['p99_ms']:.2f} | {s['errors']:.0f} |")
+    goals = {(g["topology"], g["name"]): g for g in report["goals"]}
+    for topology, t in report["topologies"].items():
+        lines += ["", f"**Topology `{topology}`**: {t['description']}, {t['url']}. Load average before: "
+                  f"{t['loadavg_before']}.", ""]
+        if y and t["feed_limit_100_bytes"] != y["feed_bytes"]:
+            lines += [f"(This stack's 100-post feed is {t['feed_limit_100_bytes']:,} bytes; the yardstick's "
+                      f"file {y['feed_bytes']:,}.)", ""]
+        lines += ["| scenario | requests/s | p50 ms | p90 ms | p99 ms | errors | % of nginx | p99 × nginx "
+                  "| × reference | goal | gateway CPU ms/req |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for name, s in t["scenarios"].items():
+            goal = goals.get((topology, name))
+            verdict = ("PASS" if goal["passed"] else "FAIL") if goal else ""
+            lines.append(f"| {name} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
+                         f"{s['p99_ms']:.2f} | {s['errors']:.0f} | {_num(s['pct_of_nginx'], '.1f')} | "
+                         f"{_num(s['p99_x_nginx'], '.2f')} | {_num(s['x_reference'], '.2f')} | {verdict} | "
+                         f"{_num(s['cpu_ms_per_request'], '.2f')} |")
+    memory = [row for topology, t in report["topologies"].items() for row in _memory_rows(topology, t["memory"])]
+    if memory:
+        lines += ["", "Memory: PSS (MiB) of every process the harness started for the stack, idle after seeding "
+                  "and after the load; nginx apart:", "",
+                  "| topology | when | total | by group | processes | nginx |", "|---|---|---:|---|---:|---:|",
+                  *memory]
+    if report["topologies"]:
+        names = list(report["topologies"])
+        lines += ["", "Ratios to nginx (% of its requests/s, p99 as a multiple of its p99) and to the reference:",
+                  "", "| scenario | vs nginx | reference | " + " | ".join(names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        scenario_names = list(dict.fromkeys(n for t in report["topologies"].values() for n in t["scenarios"]))
+        for name in scenario_names:
+            ref = REFERENCE.get(name)
+            cells = []
+            for topology in names:
+                s = report["topologies"][topology]["scenarios"].get(name)
+                cells.append(_ratio_cell(s["pct_of_nginx"], s["p99_x_nginx"], s["x_reference"]) if s else "")
+            yard = next(s["yardstick"] for t in report["topologies"].values() if (s := t["scenarios"].get(name)))
+            lines.append(f"| {name} | {yard} | {_ratio_cell(ref.pct_of_nginx, ref.p99_x_nginx) if ref else ''} | "
+                         + " | ".join(cells) + " |")
+    if report["goals"]:
+        lines += ["", "Goals (issue 21: `single` ≥ 1.3 × the reference's ratio, `seed` ≥ 2 ×, p99 multiple no "
+                  "higher than the reference's; memory of the single topology):", "",
+                  "| topology | goal | target | measured | result |", "|---|---|---|---|---|"]
+        for g in report["goals"]:
+            lines.append(f"| {g['topology']} | {g['name']} | {g['goal']} | {g['measured']} | "
+                         f"{'PASS' if g['passed'] else 'FAIL'} |")
     if report.get("sentiment"):
         lines += ["", "Sentiment (scripts/bench_sentiment.py):", "", "```", report["sentiment"].strip(), "```"]
     return "\n".join(lines) + "\n"
 
 
-def profile(master_pid: int, seconds: float, label: str) -> list[subprocess.Popen[bytes]]:
-    """Start ``py-spy record`` (collapsed stacks) on every gateway server worker for ``seconds``."""
+def profile(pids: list[int], seconds: float, label: str) -> list[subprocess.Popen[bytes]]:
+    """Start ``py-spy record`` (collapsed stacks) on each of ``pids`` (gateway server workers)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     return [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
                               "--rate", "200", "--format", "raw", "--nonblocking", "--gil",
                               "--output", str(RESULTS_DIR / f"profile-{slug}-{pid}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for pid in server_workers(master_pid)]
+            for pid in pids]
 
 
 def run_sentiment_bench() -> str | None:
@@ -454,59 +867,53 @@ def run_sentiment_bench() -> str | None:
     return done.stdout + (f"\n(exit {done.returncode}) {done.stderr[-2000:]}" if done.returncode else "")
 
 
-def bench(url: str, args: argparse.Namespace, master_pid: int | None) -> dict[str, Any]:
-    """Seed, run every scenario, and build the report."""
+def bench_topology(stack: Stack, args: argparse.Namespace,
+                   yardstick: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Seed through ``stack``, take its idle memory, measure the yardstick unless given (once per
+    invocation), run every chosen scenario, take the memory after the load. (The topology's
+    report, the yardstick.)"""
     # Other processes competing for the cores skew every figure but CPU per request: record it.
     loadavg = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    with httpx.Client(base_url=url, timeout=30) as client:
-        print(f"seeding {args.users} users, {SEED_POSTS} posts, follows and likes via {url} ...", flush=True)
+    print(f"[{stack.topology}] {stack.description}", flush=True)
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        print(f"seeding {args.users} users, {SEED_POSTS} posts, follows and likes via {stack.url} ...", flush=True)
         seeded = seed(client, users=args.users)
         if not wait_labelled(client):
             print("warning: some seeded posts are still pending sentiment", flush=True)
-        feed_bytes = len(client.get("/function/list-posts?limit=100").content)
+        page = client.get("/function/list-posts?limit=100")
+        _ok(page, 200)
+        feed = page.content  # the yardstick's feed file: these bytes
+    memory: dict[str, Any] = {"idle": measure_memory(stack.groups) if stack.groups else None}
+    chosen = [s for s in scenarios(seeded) if not args.only or any(part in s.name for part in args.only)]
+    if yardstick is None:
+        yardstick = measure_yardstick(feed, args, {s.yardstick for s in chosen})
     tokens_file = RESULTS_DIR / "tokens.txt"
     tokens_file.write_text("\n".join(seeded.tokens) + "\n")
-    runs: dict[str, list[WrkResult]] = {}
     try:
-        for scenario in scenarios(seeded):
-            if args.only and not any(part in scenario.name for part in args.only):
-                continue
-            runs[scenario.name] = []
-            if args.warmup > 0:  # fill thread pools, connections and caches before measuring
-                run_wrk(url, scenario, args.warmup, args.threads, seeded.tokens[0], tokens_file)
-            for i in range(args.repeats):
-                spying = args.profile and master_pid is not None and i == 0
-                spies = profile(master_pid, args.duration, scenario.name) if spying and master_pid else []
-                workers = server_workers(master_pid) if master_pid else []
-                cpu_before = cpu_seconds(workers)
-                result = run_wrk(url, scenario, args.duration, args.threads, seeded.tokens[0], tokens_file)
-                if workers and result.requests:
-                    result.cpu_ms_per_request = (cpu_seconds(workers) - cpu_before) * 1e3 / result.requests
-                for spy in spies:
-                    spy.wait(30)
-                runs[scenario.name].append(result)
-                print(f"  {scenario.name:28} run {i + 1}: {result.rps:9,.0f} req/s  p50 {result.p50_ms:6.2f}  "
-                      f"p90 {result.p90_ms:6.2f}  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
-                      + (f"  cpu {result.cpu_ms_per_request:.2f} ms/req" if result.cpu_ms_per_request else ""),
-                      flush=True)
+        runs = {s.name: measure(stack.url, s, args, stack if stack.groups else None, seeded.tokens[0], tokens_file)
+                for s in chosen}
     finally:
         tokens_file.unlink(missing_ok=True)
-    summary = {name: median_result(results) for name, results in runs.items()}
+    memory["after_load"] = measure_memory(stack.groups) if stack.groups else None
+    summary = summarise(runs, chosen, yardstick)
     return {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "url": url, "duration_s": args.duration, "repeats": args.repeats, "threads": args.threads,
-        "machine": machine(), "feed_limit_100_bytes": feed_bytes, "loadavg_before": loadavg,
+        "topology": stack.topology, "description": stack.description, "url": stack.url,
+        "loadavg_before": loadavg, "feed_limit_100_bytes": len(feed),
         "seed": {"users": len(seeded.user_ids), "posts": len(seeded.post_ids),
                  "follows": seeded.follows, "likes": seeded.likes},
         "scenarios": summary, "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
-        "targets": check_targets(summary),
-    }
+        "memory": memory,
+        "goals": check_goals(stack.topology, summary) + check_memory(stack.topology, memory),
+    }, yardstick
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Minitwitter HTTP benchmark (wrk through the gateway)")
+    parser = argparse.ArgumentParser(description="Minitwitter HTTP benchmark (wrk), as ratios of nginx")
     parser.add_argument("--url", default=os.environ.get("BENCH_URL"),
-                        help="a running gateway (default $BENCH_URL; unset: start a stack)")
+                        help="a running stack (default $BENCH_URL; unset: start one)")
+    parser.add_argument("--topology", choices=(*TOPOLOGIES, "both"), default="single",
+                        help="single: make run's gateway alone (default); seed: nginx → two gateway "
+                             "replicas; both: single then seed. With --url: which goals apply")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per scenario, medians reported (3)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
@@ -518,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentiment", action=argparse.BooleanOptionalAction, default=None,
                         help="also run scripts/bench_sentiment.py (issue 4) when it exists "
                              "(default: yes, except with --quick)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--database-url", default=BENCH_DATABASE_URL)
     parser.add_argument("--redis-url", default=BENCH_REDIS_URL)
     args = parser.parse_args(argv)
@@ -526,14 +933,33 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.repeats, args.warmup = 3.0, 1, min(args.warmup, 1.0)
     if args.sentiment is None:
         args.sentiment = not args.quick
+    if args.url and args.topology == "both":
+        parser.error("--topology both starts its own stacks: not with --url / BENCH_URL")
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+        raise SystemExit("wrk is not installed (scripts/debian-tools.sh bench installs it)")
+    if nginx_tool.binary() is None:
+        raise SystemExit("nginx is not installed (scripts/debian-tools.sh bench installs it)")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    if args.url:
-        report = bench(args.url.rstrip("/"), args, None)
-    else:
-        with local_stack(args.database_url, args.redis_url, RESULTS_DIR / "logs") as (url, master):
-            report = bench(url, args, master.pid)
+    report: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "duration_s": args.duration, "repeats": args.repeats, "threads": args.threads, "warmup_s": args.warmup,
+        "loadavg_before": " / ".join(f"{x:.2f}" for x in os.getloadavg()), "machine": machine(),
+        "reference": [asdict(r) for r in REFERENCE.values()], "goal_multiple": GOAL_MULTIPLE,
+        "memory_goals_mib": MEMORY_GOALS_MIB, "topologies": {},
+    }
+    yardstick = None
+    for topology in (TOPOLOGIES if args.topology == "both" else (args.topology,)):
+        if args.url:
+            url = args.url.rstrip("/")
+            stack: Any = nullcontext(Stack(topology, url, f"a running stack ({topology} goals)"))
+        elif topology == "single":
+            stack = single_stack(args.database_url, args.redis_url, RESULTS_DIR / "logs")
+        else:
+            stack = seed_stack(args.database_url, args.redis_url, RESULTS_DIR / "logs")
+        with stack as running:
+            report["topologies"][topology], yardstick = bench_topology(running, args, yardstick)
+    report["yardstick"] = yardstick
+    report["goals"] = [g for t in report["topologies"].values() for g in t["goals"]]
     if args.sentiment:
         report["sentiment"] = run_sentiment_bench()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -542,8 +968,11 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS_DIR / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
         (RESULTS_DIR / f"{name}.md").write_text(table)
     print("\n" + table + f"\nsaved to {RESULTS_DIR}/bench-{stamp}.{{json,md}}")
-    missed = [t["scenario"] for t in report["targets"] if not t["passed"]]
-    print("targets: " + ("all met" if not missed else "missed: " + ", ".join(missed)))
+    for g in report["goals"]:
+        print(f"{'PASS' if g['passed'] else 'FAIL'}  {g['topology']:6}  {g['name']:26}  {g['measured']}  "
+              f"(goal {g['goal']})")
+    missed = [f"{g['topology']} {g['name']}" for g in report["goals"] if not g["passed"]]
+    print("goals: " + ("all met" if not missed else "missed: " + ", ".join(missed)))
     return 1 if missed and args.strict else 0
 
 

@@ -1,11 +1,18 @@
-"""The benchmark harness (``scripts/bench.py``): wrk output parsing, targets, seeding, Lua script.
+"""The benchmark harness (``scripts/bench.py``): wrk output parsing, the nginx yardstick, ratios and
+goals, memory (PSS), the seed topology's nginx.conf, seeding, Lua script.
 
 Not a timed assertion: these check that the harness measures what it says it measures.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +21,7 @@ import pytest
 
 from minitwitter import db
 from scripts import bench, instructions
+from scripts import nginx as nginx_tool
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:8080/function/list-posts?limit=100
@@ -68,19 +76,249 @@ def test_parse_wrk_rejects_incomplete_output(broken: str) -> None:
         bench.parse_wrk(broken)
 
 
+def _summary(rps: float, p99: float, errors: int = 0) -> dict[str, Any]:
+    return {"rps": rps, "p50_ms": p99 / 4, "p90_ms": p99 / 2, "p99_ms": p99, "errors": errors,
+            "requests": 1000, "cpu_ms_per_request": None}
+
+
+#: A yardstick measurement: nginx's static files at 50,000 / 60,000 / 55,000 requests/s.
+YARDSTICK = {"nginx": "nginx/1.22.1", "config": "1 worker process, access_log off, sendfile on",
+             "feed_bytes": 40_000, "small_bytes": 100, "runs": {},
+             "results": {"nginx feed c10": _summary(50_000, 1.0), "nginx feed c100": _summary(60_000, 5.0),
+                         "nginx small c10": _summary(55_000, 1.25)}}
+
+
+def _runs(by_scenario: dict[str, tuple[float, float, int]]) -> dict[str, list[bench.WrkResult]]:
+    """One wrk run per scenario: (requests/s, p99 ms, errors)."""
+    return {name: [bench.WrkResult(1000, 10, rps, p99 / 4, p99 / 2, p99, non_2xx=err)]
+            for name, (rps, p99, err) in by_scenario.items()}
+
+
+def _summarise(by_scenario: dict[str, tuple[float, float, int]]) -> dict[str, dict[str, Any]]:
+    runs = _runs(by_scenario)
+    return bench.summarise(runs, [s for s in _scenarios() if s.name in runs], YARDSTICK)
+
+
+def _scenarios() -> list[bench.Scenario]:
+    return bench.scenarios(bench.Seed(user_ids=["1"], post_ids=["2"]))
+
+
 @pytest.mark.no_stores
-def test_medians_and_targets() -> None:
+def test_medians_of_runs() -> None:
     runs = [bench.WrkResult(100, 10, rps, p50, p50 * 2, p99, non_2xx=err)
-            for rps, p50, p99, err in [(5000, 1.0, 8.0, 0), (4000, 3.0, 12.0, 0), (4600, 2.0, 9.0, 0)]]
+            for rps, p50, p99, err in [(5000, 1.0, 8.0, 0), (4000, 3.0, 12.0, 1), (4600, 2.0, 9.0, 0)]]
     summary = bench.median_result(runs)
     assert summary["rps"] == 4600 and summary["p50_ms"] == 2.0 and summary["p99_ms"] == 9.0
-    assert summary["errors"] == 0 and summary["requests"] == 300
-    verdicts = {v["scenario"]: v["passed"] for v in bench.check_targets({
-        "list-posts limit=100 c10": summary,
-        "get-user c10": {**summary, "rps": 6000.0, "p99_ms": 9.5},
-        "create-post c10": {**summary, "rps": 2000.0, "p99_ms": 5.0, "errors": 1},
-    })}
-    assert verdicts == {"list-posts limit=100 c10": True, "get-user c10": False, "create-post c10": False}
+    assert summary["errors"] == 1 and summary["requests"] == 300
+
+
+@pytest.mark.no_stores
+def test_each_scenario_is_compared_with_the_matching_yardstick() -> None:
+    yardsticks = {s.name: s.yardstick for s in _scenarios()}
+    assert yardsticks == {
+        "list-posts limit=20 c10": "nginx feed c10", "list-posts limit=20 c100": "nginx feed c100",
+        "list-posts limit=100 c10": "nginx feed c10", "list-posts limit=100 c100": "nginx feed c100",
+        "get-post c10": "nginx small c10", "get-user c10": "nginx small c10",
+        "home-timeline c10": "nginx feed c10", "create-post c10": "nginx feed c10"}
+    assert {y.name: (y.path, y.connections) for y in bench.YARDSTICKS} == {
+        "nginx feed c10": ("/feed.json", 10), "nginx feed c100": ("/feed.json", 100),
+        "nginx small c10": ("/small.json", 10)}
+    # every reference scenario exists, and the issue's figures are the constants
+    assert set(bench.REFERENCE) <= set(yardsticks)
+    assert {n: (r.pct_of_nginx, r.p99_x_nginx) for n, r in bench.REFERENCE.items()} == {
+        "list-posts limit=100 c10": (11.0, 1.3), "list-posts limit=100 c100": (8.6, 5.2),
+        "get-user c10": (10.9, 1.6), "create-post c10": (2.5, None)}
+
+
+@pytest.mark.no_stores
+def test_ratios_to_nginx_and_to_the_reference() -> None:
+    summary = _summarise({"list-posts limit=100 c10": (8000, 1.2, 0), "list-posts limit=100 c100": (6000, 30.0, 0),
+                          "get-user c10": (7000, 2.5, 0), "create-post c10": (2000, 40.0, 0),
+                          "get-post c10": (5500, 1.0, 0)})
+    feed = summary["list-posts limit=100 c10"]
+    assert feed["yardstick"] == "nginx feed c10"
+    assert feed["pct_of_nginx"] == pytest.approx(16.0)  # 8,000 / 50,000
+    assert feed["p99_x_nginx"] == pytest.approx(1.2)  # 1.2 ms / 1.0 ms
+    assert feed["x_reference"] == pytest.approx(16.0 / 11.0)
+    c100 = summary["list-posts limit=100 c100"]
+    assert (c100["pct_of_nginx"], c100["p99_x_nginx"]) == (pytest.approx(10.0), pytest.approx(6.0))
+    assert c100["x_reference"] == pytest.approx(10.0 / 8.6)
+    account = summary["get-user c10"]
+    assert account["pct_of_nginx"] == pytest.approx(100 * 7000 / 55_000)
+    assert account["p99_x_nginx"] == pytest.approx(2.0)
+    assert summary["create-post c10"]["pct_of_nginx"] == pytest.approx(4.0)
+    # no reference figure for get-post: its ratio to nginx only
+    assert summary["get-post c10"]["pct_of_nginx"] == pytest.approx(10.0)
+    assert summary["get-post c10"]["x_reference"] is None
+    # without the yardstick (not measured) there is no ratio at all
+    assert bench.compare(_summary(1, 1), None, bench.REFERENCE["get-user c10"]) == {
+        "pct_of_nginx": None, "p99_x_nginx": None, "x_reference": None}
+
+
+@pytest.mark.no_stores
+def test_goal_verdicts_per_topology() -> None:
+    summary = _summarise({"list-posts limit=100 c10": (8000, 1.2, 0), "list-posts limit=100 c100": (7000, 40.0, 0),
+                          "get-user c10": (13_000, 2.0, 0), "create-post c10": (2000, 40.0, 0),
+                          "home-timeline c10": (100, 90.0, 5)})
+    single = {g["name"]: g["passed"] for g in bench.check_goals("single", summary)}
+    assert single == {
+        "list-posts limit=100 c10": True,  # 16 % >= 1.3 x 11 %, p99 1.2 x <= 1.3 x
+        "list-posts limit=100 c100": False,  # 11.7 % >= 1.3 x 8.6 %, but p99 8 x > 5.2 x
+        "get-user c10": True,  # 23.6 % >= 1.3 x 10.9 %, p99 exactly 1.6 x: the limit is included
+        "create-post c10": True,  # 4 % >= 3.25 %; the issue gives no p99 multiple for it
+    }
+    seed = {g["name"]: g for g in bench.check_goals("seed", summary)}
+    assert {n: g["passed"] for n, g in seed.items()} == {
+        "list-posts limit=100 c10": False,  # 16 % < 22 %
+        "list-posts limit=100 c100": False,
+        "get-user c10": True,  # 23.6 % >= 21.8 %
+        "create-post c10": False,  # 4 % < 5 %
+    }
+    assert seed["list-posts limit=100 c10"]["min_pct_of_nginx"] == pytest.approx(22.0)
+    assert seed["list-posts limit=100 c100"]["min_pct_of_nginx"] == pytest.approx(17.2)
+    assert seed["list-posts limit=100 c10"]["max_p99_x_nginx"] == 1.3
+    assert seed["create-post c10"]["max_p99_x_nginx"] is None
+    # errors fail a goal whatever the ratios; a topology without goals has no verdicts
+    summary["list-posts limit=100 c10"]["errors"] = 1
+    assert not {g["name"]: g["passed"] for g in bench.check_goals("single", summary)}["list-posts limit=100 c10"]
+    assert bench.check_goals("elsewhere", summary) == []
+
+
+@pytest.mark.no_stores
+def test_memory_goals_apply_to_the_single_topology() -> None:
+    def memory(mib: float) -> dict[str, Any]:
+        return {"total_mib": mib, "processes": 3, "groups": {}}
+
+    verdicts = bench.check_memory("single", {"idle": memory(199.0), "after_load": memory(251.0)})
+    assert [(v["name"], v["passed"]) for v in verdicts] == [("memory idle", True), ("memory after load", False)]
+    assert [v["max_mib"] for v in verdicts] == [200.0, 250.0]
+    assert bench.check_memory("seed", {"idle": memory(999.0), "after_load": memory(999.0)}) == []
+    assert bench.check_memory("single", {"idle": None, "after_load": None}) == []  # a --url run
+
+
+@pytest.mark.no_stores
+def test_yardstick_files_have_the_feeds_exact_size(tmp_path: Path) -> None:
+    feed = json.dumps([{"id": i, "content": "x" * 300} for i in range(100)]).encode()
+    sizes = bench.write_yardstick_files(tmp_path / "www", feed)
+    assert sizes == {"feed.json": len(feed), "small.json": 100}
+    assert (tmp_path / "www" / "feed.json").read_bytes() == feed
+    assert len(bench.small_body()) == 100 and json.loads(bench.small_body())["id"] == 1
+    with pytest.raises(ValueError, match="at least"):
+        bench.small_body(10)
+
+
+@pytest.mark.slow
+@pytest.mark.no_stores
+def test_yardstick_nginx_serves_the_files_to_wrk() -> None:
+    """The real yardstick: nginx with one worker process serving the files, measured by wrk for
+    one second (how fast is not asserted)."""
+    feed = b"[" + b",".join(b'{"id":%d,"content":"%s"}' % (i, b"y" * 350) for i in range(100)) + b"]"
+    args = argparse.Namespace(warmup=0, repeats=1, duration=1, threads=2, profile=False)
+    with bench.static_nginx(feed) as server:
+        assert len(bench.process_tree(server.proc.pid)) == 2  # the master and 1 worker
+        served = httpx.get(server.url + "/feed.json")
+        assert served.status_code == 200 and served.content == feed
+        assert served.headers["Content-Length"] == str(len(feed))
+        assert len(httpx.get(server.url + "/small.json").content) == 100
+        [result] = bench.measure(server.url, bench.YARDSTICKS[0], args)
+        assert result.requests > 0 and result.errors == 0
+        conf = (Path(server.log).parent / "nginx.conf").read_text()
+        assert "worker_processes 1;" in conf and "access_log off;" in conf and "sendfile on;" in conf
+    assert server.proc.poll() is not None  # stopped, prefix removed
+    assert not Path(server.log).parent.exists()
+
+
+@pytest.mark.no_stores
+def test_pss_is_summed_over_a_real_process_tree() -> None:
+    code = ("import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(bench.process_tree(parent.pid)) < 2:
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.05)
+        tree = bench.process_tree(parent.pid)
+        assert tree[0] == parent.pid and len(tree) == 2
+        memory = bench.measure_memory({"stack": [parent.pid], "nginx": [other.pid]})
+        stack = memory["groups"]["stack"]
+        assert [p["pid"] for p in stack["processes"]] == tree
+        assert all(p["pss_kib"] > 1024 and p["name"].startswith("python") for p in stack["processes"])
+        assert stack["pss_mib"] == pytest.approx(sum(p["pss_kib"] for p in stack["processes"]) / 1024, abs=0.06)
+        # nginx is reported apart, not in the total
+        assert memory["total_mib"] == stack["pss_mib"] and memory["processes"] == 2
+        assert memory["groups"]["nginx"]["pss_mib"] > 1
+        assert bench.pss_kib(parent.pid) is not None
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        other.kill()
+        parent.wait()
+        other.wait()
+    assert bench.pss_kib(parent.pid) is None and bench.process_tree(parent.pid) == []
+
+
+@pytest.mark.no_stores
+def test_seed_topology_runs_the_repositorys_nginx_conf(tmp_path: Path) -> None:
+    """The same rendering tests/test_nginx.py proves: upstreams, listen address and /tmp paths
+    substituted, nothing else; nginx accepts it."""
+    tmp_path.chmod(0o755)
+    conf = bench.seed_nginx_conf(("127.0.0.1:4101", "127.0.0.1:4102"), "127.0.0.1:4103", tmp_path)
+    original = nginx_tool.NGINX_CONF.read_text()
+    assert conf == nginx_tool.render_conf(original, ("127.0.0.1:4101", "127.0.0.1:4102"), "127.0.0.1:4103",
+                                          tmp_path)
+    assert "server 127.0.0.1:4101 max_fails=2" in conf and "server 127.0.0.1:4102 max_fails=2" in conf
+    assert "listen 127.0.0.1:4103 default_server;" in conf
+    assert "server gateway-" not in conf and f"pid {tmp_path}/nginx.pid;" in conf
+    assert " /tmp/" not in conf.replace(f" {tmp_path}/", " PREFIX/")  # every /tmp path moved
+    # undoing the three substitutions gives the production file back
+    undone = (conf.replace("127.0.0.1:4101", "gateway-1:8080").replace("127.0.0.1:4102", "gateway-2:8080")
+              .replace("listen 127.0.0.1:4103", "listen 8080").replace(f" {tmp_path}/", " /tmp/"))
+    assert undone == original
+    binary = nginx_tool.binary()
+    assert binary, "nginx is not installed: `make test` installs it (scripts/debian-tools.sh)"
+    (tmp_path / "nginx.conf").write_text(conf)
+    checked = subprocess.run([binary, "-t", "-e", "stderr", "-p", f"{tmp_path}/", "-c", str(tmp_path / "nginx.conf")],
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    with pytest.raises(ValueError, match="exactly one match"):
+        nginx_tool.render_conf(original.replace("gateway-2:8080", "gateway-1:8080"), ("a:1", "b:2"), "c:3", tmp_path)
+
+
+@pytest.mark.no_stores
+def test_report_shows_yardstick_ratios_goals_and_memory_side_by_side() -> None:
+    memory = {"total_mib": 180.5, "processes": 6,
+              "groups": {"gateway": {"pss_mib": 120.0, "processes": []}, "nginx": {"pss_mib": 4.0, "processes": []}}}
+    topologies = {}
+    for topology in ("single", "seed"):
+        summary = _summarise({"list-posts limit=100 c10": (8000, 1.2, 0), "get-user c10": (7000, 2.5, 0)})
+        mem = {"idle": memory, "after_load": {**memory, "total_mib": 260.0}}
+        topologies[topology] = {
+            "description": f"the {topology} stack", "url": "http://127.0.0.1:1", "loadavg_before": "0.1",
+            "feed_limit_100_bytes": 40_000, "scenarios": summary, "memory": mem,
+            "goals": bench.check_goals(topology, summary) + bench.check_memory(topology, mem)}
+    report = {"repeats": 1, "duration_s": 3.0, "warmup_s": 1.0, "threads": 2, "loadavg_before": "0.5",
+              "machine": {"nproc": 2, "cpu": "cpu", "ram_gib": 8, "python": "3.11", "wrk": "wrk 4.1.0",
+                          "nginx": "nginx/1.22.1", "python_loop_ms": 70},
+              "yardstick": YARDSTICK, "topologies": topologies,
+              "goals": [g for t in topologies.values() for g in t["goals"]]}
+    text = bench.markdown(report)
+    assert "| nginx feed c10 | 50,000 | 0.25 | 0.50 | 1.00 | 0 |" in text
+    assert "| list-posts limit=100 c10 | 8,000 | 0.30 | 0.60 | 1.20 | 0 | 16.0 | 1.20 | 1.45 | PASS | n/a |" in text
+    assert "| single | list-posts limit=100 c10 | ≥ 14.3 % of nginx (1.3 × 11 %)" in text
+    assert "| seed | list-posts limit=100 c10 | ≥ 22 % of nginx (2 × 11 %)" in text
+    assert ("| list-posts limit=100 c10 | nginx feed c10 | 11.0 %, p99 1.30 × | 16.0 %, p99 1.20 ×, 1.45 × ref "
+            "| 16.0 %, p99 1.20 ×, 1.45 × ref |") in text
+    assert "| single | memory idle | PSS ≤ 200 MiB | 180.5 MiB | PASS |" in text
+    assert "| single | memory after load | PSS ≤ 250 MiB | 260.0 MiB | FAIL |" in text
+    assert "| seed | idle | 180.5 | gateway 120.0 | 6 | 4.0 |" in text
+
+
+@pytest.mark.no_stores
+def test_both_topologies_need_stacks_the_harness_starts() -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--url", "http://127.0.0.1:1", "--topology", "both"])
+    assert exited.value.code == 2
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
 """gateway/nginx.conf, proven with Debian's real nginx in front of two real gateway processes.
 
-The production file is rendered with only these substitutions: the two upstream servers
-(``gateway-1:8080`` / ``gateway-2:8080`` → two local granian gateways), the listen address, and
-the ``/tmp`` paths (→ a private folder). Everything else (balancing, keepalive, timeouts, body
-limit, failover, headers, error pages) runs exactly as shipped.
+The production file is rendered with only these substitutions (``scripts/nginx.py``, which
+``make bench --topology seed`` uses too): the two upstream servers (``gateway-1:8080`` /
+``gateway-2:8080`` → two local granian gateways), the listen address, and the ``/tmp`` paths (→ a
+private folder). Everything else (balancing, keepalive, timeouts, body limit, failover, headers,
+error pages) runs exactly as shipped.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ import concurrent.futures
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +27,10 @@ import httpx
 import pytest
 
 from gateway import embedded
-from gateway.run import stop_services
 from minitwitter.config import REPO_ROOT
+from scripts import nginx as nginx_tool
+from scripts.nginx import NGINX_CONF, Nginx
 
-NGINX_CONF = REPO_ROOT / "gateway" / "nginx.conf"
 ECHO_HANDLER = REPO_ROOT / "tests" / "fixtures" / "functions" / "echo"
 #: nginx's client_max_body_size in nginx.conf (1m).
 NGINX_BODY_LIMIT = 1024 * 1024
@@ -57,45 +54,11 @@ def handle(request: flask.Request) -> flask.Response:
 pytestmark = pytest.mark.slow
 
 
-def nginx_binary() -> str:
-    """Debian's nginx (``apt-get install nginx``); the test fails, not skips, without it."""
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
-    if found is None:
-        pytest.fail("nginx is not installed: `make test` installs it (scripts/debian-tools.sh)")
-    return found
-
-
-def render_conf(conf: str, upstreams: tuple[str, str], listen: str, tmp: Path) -> str:
-    """The production config with local upstreams, listen address and temp paths."""
-
-    def sub_once(pattern: str, repl: str, text: str) -> str:
-        out, count = re.subn(pattern, repl, text)
-        assert count == 1, f"nginx.conf: expected exactly one match of {pattern!r}, got {count}"
-        return out
-
-    conf = sub_once(r"server gateway-1:8080\b", f"server {upstreams[0]}", conf)
-    conf = sub_once(r"server gateway-2:8080\b", f"server {upstreams[1]}", conf)
-    conf = sub_once(r"listen 8080\b", f"listen {listen}", conf)
-    return conf.replace(" /tmp/", f" {tmp}/")
-
-
-@dataclass
-class Nginx:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
 def nginx_dir() -> Iterator[Path]:
     # Not pytest's tmp_path: nginx's workers run as "nobody" when the test runs as root, and they
     # must be able to reach the temp folders.
-    path = Path(tempfile.mkdtemp(prefix="mt-nginx-"))
-    path.chmod(0o755)
+    path = nginx_tool.private_dir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -107,29 +70,16 @@ def start_nginx(nginx_dir: Path) -> Iterator[Any]:
 
     def start(upstreams: tuple[str, str]) -> Nginx:
         port = embedded.free_port()
-        conf = render_conf(NGINX_CONF.read_text(), upstreams, f"127.0.0.1:{port}", nginx_dir)
-        conf_path = nginx_dir / "nginx.conf"
-        conf_path.write_text(conf)
-        log = nginx_dir / "nginx.out"
-        binary = nginx_binary()
-        test = subprocess.run([binary, "-t", "-e", "stderr", "-p", f"{nginx_dir}/", "-c", str(conf_path)],
-                              capture_output=True, text=True)
-        assert test.returncode == 0, test.stderr
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [binary, "-e", "stderr", "-p", f"{nginx_dir}/", "-c", str(conf_path), "-g", "daemon off;"],
-                stdout=out, stderr=out)
-        server = Nginx(proc, f"http://127.0.0.1:{port}", log)
+        conf = nginx_tool.render_conf(NGINX_CONF.read_text(), upstreams, f"127.0.0.1:{port}", nginx_dir)
+        try:
+            server = nginx_tool.start(conf, nginx_dir, port, nginx_dir / "nginx.out")
+        except RuntimeError as exc:  # nginx missing or the config rejected: fail, never skip
+            pytest.fail(str(exc))
         running.append(server)
-        deadline = time.monotonic() + 10
-        while not embedded.port_open("127.0.0.1", port):
-            assert proc.poll() is None, f"nginx exited: {server.output()}"
-            assert time.monotonic() < deadline, "nginx did not listen within 10 s"
-            time.sleep(0.05)
         return server
 
     yield start
-    stop_services([server.proc for server in running], grace=10, sig=signal.SIGQUIT)  # nginx: graceful
+    nginx_tool.stop(running)  # graceful (SIGQUIT)
 
 
 @pytest.fixture
