@@ -11,6 +11,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+#: Seconds a stopping queue worker gets, on top of GATEWAY_DRAIN_TIMEOUT, to finish its job.
+QUEUE_JOB_GRACE = 20.0
+
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
 

@@ -23,10 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from minitwitter import logs
 from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, Config, ensure_dev_secrets, load_config, set_config
 
-from . import embedded, serve
-from .processes import Child, Running, Supervisor, parent_death_preexec
+from . import embedded
+from .processes import QUEUE_JOB_GRACE, Child, Running, Supervisor, parent_death_preexec
+
+#: The gateway server (``serve.command()``; not imported: this process stays small).
+GATEWAY_SERVER = [sys.executable, "-m", "gateway.serve"]
 
 log = logging.getLogger("minitwitter.run")
 
@@ -70,6 +74,8 @@ def start_services(env: dict[str, str]) -> Supervisor:
     Each child leads a process group of its own, so a terminal's Ctrl-C reaches only this
     process, which stops each child with one SIGTERM; each gets SIGTERM from the kernel should
     this process die. A child that dies is started again after a back-off."""
+    # Not at the top: prometheus_client picks where samples go (PROMETHEUS_MULTIPROC_DIR, set by
+    # main) when it is first imported.
     from minitwitter import metrics
 
     def popen(argv: list[str]) -> Callable[[], Running]:
@@ -79,7 +85,7 @@ def start_services(env: dict[str, str]) -> Supervisor:
     for kind in ("gateway", "worker-supervisor"):
         metrics.PROCESS_RESTARTS.labels(kind=kind)
     supervisor = Supervisor(
-        [Child("gateway", "gateway", popen(serve.command()), own_group=True),
+        [Child("gateway", "gateway", popen(GATEWAY_SERVER), own_group=True),
          Child("worker-supervisor", "queue workers", popen([sys.executable, "-m", "gateway.worker"]),
                own_group=True)],
         log=lambda message, fields: log.warning(message, extra=fields),
@@ -91,10 +97,8 @@ def start_services(env: dict[str, str]) -> Supervisor:
 
 def stop_grace(config: Config) -> float:
     """How long a stop waits for the children: the gateway drains for ``GATEWAY_DRAIN_TIMEOUT``,
-    the queue workers get :data:`gateway.worker.JOB_GRACE` more for their current job."""
-    from .worker import JOB_GRACE
-
-    return config.gateway_drain_timeout + JOB_GRACE + 5.0
+    the queue workers get :data:`QUEUE_JOB_GRACE` more for their current job."""
+    return config.gateway_drain_timeout + QUEUE_JOB_GRACE + 5.0
 
 
 def stop_services(processes: list[subprocess.Popen[Any]], grace: float = 35.0,
@@ -133,17 +137,15 @@ def main() -> int:
         if not env.get("SECRETS_DIR") and not Path("/var/openfaas/secrets").is_dir():
             ensure_dev_secrets(DEV_SECRETS_DIR)
         choose_stores(env, started, data_dir)
-        embedded.ensure_database(env["DATABASE_URL"])
         config = load_config(env)
         set_config(config)
-        from minitwitter import logs, migrate
-
         logs.configure_logging("run", to_db=False)
-        migrate.migrate()
-        from .registry import Registry
-
-        Registry(config).seed(redeploy=True)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])
+        # Database, migrations and the stack's functions, in a child: this process stays small.
+        if subprocess.run([sys.executable, "-m", "gateway.prepare"], env=env, cwd=REPO_ROOT,
+                          check=False).returncode != 0:
+            print("could not prepare the database; see the log above", file=sys.stderr)
+            return 1
         supervisor = start_services(env)
         url = f"http://{config.gateway_bind}:{config.gateway_port}"
         while not embedded.port_open(config.gateway_bind, config.gateway_port) and not stopping:

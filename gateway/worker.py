@@ -8,7 +8,7 @@
 The supervisor forks them, starts again any that dies (after a back-off: 0.25 s doubling to 4 s,
 reset after 30 s of life) with a JSON log line and ``minitwitter_process_restarts_total{kind}``,
 and stops only on SIGTERM or SIGINT: then each child gets one SIGTERM, and whatever is left after
-``GATEWAY_DRAIN_TIMEOUT`` + :data:`JOB_GRACE` seconds is killed. It runs no thread, so a child
+``GATEWAY_DRAIN_TIMEOUT`` + :data:`~gateway.processes.QUEUE_JOB_GRACE` seconds is killed. It runs no thread, so a child
 forked later inherits no lock a thread held; each child leaves the terminal's process group (a
 Ctrl-C reaches only the supervisor) and ends when the supervisor dies.
 """
@@ -28,10 +28,11 @@ from rq import SimpleWorker
 
 from minitwitter import cache, logs, metrics
 from minitwitter.config import Config, get_config
-from minitwitter.runtime import freeze_loaded_objects
+from minitwitter.runtime import freeze_loaded_objects, preload_library
 
-from . import observability, scheduler
+from . import observability, queue_worker, scheduler  # noqa: F401 - queue_worker: preloaded for the children
 from .processes import (
+    QUEUE_JOB_GRACE,
     Child,
     ForkedChild,
     Running,
@@ -49,8 +50,6 @@ log = logging.getLogger("minitwitter.worker")
 QUEUES = ("faas-request", "sentiment", "callbacks", "default")
 #: Seconds between checks whether Redis is back after a worker lost it.
 REDIS_RETRY_SECONDS = 0.5
-#: Seconds a stopping queue worker gets, on top of the drain timeout, to finish its job.
-JOB_GRACE = 20.0
 #: What ``ps -o comm`` shows for the supervisor's children.
 QUEUE_WORKER_NAME = "mt-queue-worker"
 SCHEDULER_NAME = "mt-scheduler"
@@ -169,6 +168,9 @@ def main() -> None:
     logs.configure_logging("worker-supervisor", to_db=False, background=False)
     for kind in ("queue-worker", "scheduler"):
         metrics.PROCESS_RESTARTS.labels(kind=kind)
+    # What the children import anyway, imported (and VADER's lexicon loaded) once here: they are
+    # forked with it in shared pages. Before any fork, like everything this process does.
+    preload_library()
     supervisor = Supervisor(
         children(cfg),
         log=lambda message, fields: log.warning(message, extra=fields),
@@ -183,7 +185,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     supervisor.start()
     supervisor.watch(lambda: bool(stopping))
-    killed = supervisor.stop(cfg.gateway_drain_timeout + JOB_GRACE)
+    killed = supervisor.stop(cfg.gateway_drain_timeout + QUEUE_JOB_GRACE)
     if killed:
         log.warning("children killed after the grace period", extra={"children": killed})
     sys.exit(0)

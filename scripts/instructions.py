@@ -83,15 +83,89 @@ def request_once(app: Any, method: str, target: str, token: str | None, body: by
     return int(status[0].split(" ", 1)[0])
 
 
-def caller(app: Any, seed: dict[str, Any], scenario: str) -> Callable[[int], int]:
-    """``call(i)``: the scenario's i-th request (create-post writes a new text each time)."""
+class _Headers:
+    """What the edge reads of granian's RSGI headers: ``items``, ``get``, ``in``."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.pairs
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return next((v for k, v in self.pairs if k == key), default)
+
+    def __contains__(self, key: str) -> bool:
+        return any(k == key for k, _ in self.pairs)
+
+
+class _Scope:
+    """An RSGI HTTP scope as granian builds it."""
+
+    proto = "http"
+    http_version = "1.1"
+    scheme = "http"
+    client = "127.0.0.1:50000"
+    server = "127.0.0.1:18999"
+    authority = None
+
+    def __init__(self, method: str, path: str, query: str, headers: list[tuple[str, str]]) -> None:
+        self.method, self.path, self.query_string = method, path, query
+        self.headers = _Headers(headers)
+
+
+class _Protocol:
+    """An RSGI HTTP protocol: the body in one chunk, the response captured."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.status = 0
+
+    def __aiter__(self) -> Any:
+        async def chunks() -> Any:
+            if self.body:
+                yield self.body
+        return chunks()
+
+    def response_bytes(self, status: int, _headers: list[tuple[str, str]], _body: bytes) -> None:
+        self.status = status
+
+
+async def edge_request(edge: Any, method: str, target: str, token: str | None, body: bytes = b"") -> int:
+    """One request through the serving edge (RSGI, as granian calls it)."""
+    path, _, query = target.partition("?")
+    headers = [("host", "127.0.0.1:18999")]
+    if body:
+        headers += [("content-length", str(len(body))), ("content-type", "application/json")]
+    if token:
+        headers.append(("authorization", f"Bearer {token}"))
+    proto = _Protocol(body)
+    await edge.__rsgi__(_Scope(method, path, query, headers), proto)
+    return proto.status
+
+
+def caller(app: Any, seed: dict[str, Any], scenario: str) -> Callable[[range], list[int]]:
+    """``call(numbers)``: the scenario's requests with those numbers (create-post writes a new
+    text each time), one after the other; their status codes. Through the serving edge they
+    run on one event loop, as granian runs them (one loop run for all of them)."""
     method, template, needs_token = SCENARIOS[scenario]
     target = template.format(user=seed["user_ids"][0], post=seed["post_ids"][0])
     token = seed["tokens"][0] if needs_token else None
-    if method == "POST":
-        return lambda i: request_once(app, method, target, token,
-                                      json.dumps({"content": f"instruction count post {i}"}).encode())
-    return lambda _i: request_once(app, method, target, token)
+
+    def body(i: int) -> bytes:
+        return json.dumps({"content": f"instruction count post {i}"}).encode() if method == "POST" else b""
+
+    if not hasattr(app, "__rsgi__"):
+        return lambda numbers: [request_once(app, method, target, token, body(i)) for i in numbers]
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    app.start(loop)
+
+    async def requests(numbers: range) -> list[int]:
+        return [await edge_request(app, method, target, token, body(i)) for i in numbers]
+
+    return lambda numbers: loop.run_until_complete(requests(numbers))
 
 
 def child(scenario: str, requests: int, seed_file: str) -> None:
@@ -106,16 +180,15 @@ def child(scenario: str, requests: int, seed_file: str) -> None:
     from minitwitter import logs, metrics
 
     logs.WRITE_INTERVAL = logs.SHIP_INTERVAL = metrics.FLUSH_INTERVAL = 3600.0
-    from gateway.rsgi import gateway as app  # the WSGI Gateway behind the serving edge
+    from gateway import rsgi
 
+    app = rsgi.gateway if os.environ.get("INSTR_THROUGH") == "wsgi" else rsgi.app
     seed = json.loads(Path(seed_file).read_text())
     call = caller(app, seed, scenario)
-    for i in range(WARMUP):
-        status = call(i)
-        if status >= 300:
-            raise SystemExit(f"{scenario} answered {status} during the warm-up")
-    for i in range(requests):
-        call(WARMUP + i)
+    statuses = call(range(WARMUP))
+    if max(statuses) >= 300:
+        raise SystemExit(f"{scenario} answered {statuses} during the warm-up")
+    call(range(WARMUP, WARMUP + requests))
     metrics.flush()
     logs.flush()
 
@@ -160,6 +233,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per scenario (300)")
     parser.add_argument("--only", action="append", default=[], help="scenarios whose name contains this")
+    parser.add_argument("--through", choices=["edge", "wsgi"], default="edge",
+                        help="edge: requests enter the serving edge as granian hands them over "
+                             "(default); wsgi: the Gateway's WSGI app, without the edge")
     parser.add_argument("--child", nargs=2, metavar=("SCENARIO", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -175,13 +251,14 @@ def main() -> int:
 
     names = [n for n in SCENARIOS if not args.only or any(o in n for o in args.only)]
     with tempfile.TemporaryDirectory(prefix="instr-") as tmp:
-        env = {**environment(tmp), "INSTR_SEED_FILE": str(Path(tmp) / "seed.json")}
+        env = {**environment(tmp), "INSTR_SEED_FILE": str(Path(tmp) / "seed.json"),
+               "INSTR_THROUGH": args.through}
         reset_stores(DATABASE_URL, REDIS_URL)
         subprocess.run([sys.executable, "-m", "minitwitter.migrate"], env=env, cwd=REPO_ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         run_python(["--seed", env["INSTR_SEED_FILE"]], env)
-        print(f"Instructions per request (callgrind, in-process gateway app, runs of {args.requests}"
-              f" and {2 * args.requests} requests per scenario):\n")
+        print(f"Instructions per request (callgrind, in-process, through the {args.through}, runs of "
+              f"{args.requests} and {2 * args.requests} requests per scenario):\n")
         print("| scenario | instructions per request |\n|---|---:|")
         with ThreadPoolExecutor(max_workers=2) as pool:
             for name in names:
