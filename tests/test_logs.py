@@ -215,3 +215,37 @@ def test_the_fields_are_python_json_loggers(options: dict[str, Any], record: log
         if stamp in expected:
             expected[stamp] = line[stamp]
     assert line == expected
+
+
+@pytest.mark.no_stores
+@pytest.mark.parametrize("fields", [
+    {"method": "GET", "path": "/id/7", "status": 200, "duration_ms": 1.234},
+    {"method": "POST", "path": "/caf\u00e9/\u0000", "status": 422, "duration_ms": 0.5},
+])
+def test_the_request_line_built_directly_is_the_line_logging_writes(monkeypatch: pytest.MonkeyPatch,
+                                                                    fields: dict[str, Any]) -> None:
+    """``logs.log_request`` skips the logging machinery when this module's handler is the only
+    one; its line is the one ``logging`` writes for the same record, byte for byte (but the
+    time, which differs between the two calls)."""
+    sink = logs.LogSink(io.StringIO(), capacity=100, store=False)
+    handler = logs.JsonLogHandler(sink)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(logs, "_handler", handler)
+    monkeypatch.setattr(logging.getLogger(logs.REQUEST_LOGGER), "level", logging.INFO)
+    with logs.context(function="get-user", call_id="c-1", account_id=7):
+        logs.log_request(fields)                                          # the direct line
+        logging.getLogger(logs.REQUEST_LOGGER).info("request", extra=fields)  # the ordinary one
+    sink.flush()
+    direct, ordinary = sink.stream.getvalue().splitlines()
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "time"}  # noqa: E731
+    assert strip(direct) == strip(ordinary)
+    assert list(json.loads(direct)) == list(json.loads(ordinary))  # same keys, same order
+    datetime.fromisoformat(json.loads(direct)["time"])
+
+
+@pytest.mark.no_stores
+def test_the_request_line_takes_the_ordinary_path_when_another_handler_listens(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=logs.REQUEST_LOGGER):
+        logs.log_request({"method": "GET", "path": "/", "status": 200, "duration_ms": 1.0})
+    assert [(r.name, r.getMessage(), r.status) for r in caplog.records] == [(logs.REQUEST_LOGGER, "request", 200)]

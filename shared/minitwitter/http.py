@@ -230,12 +230,9 @@ def endpoint(name: str, methods: Iterable[str], *, rate_scope: str = "api",
                 duration = time.perf_counter() - started
                 metrics.child(metrics.FUNCTION_REQUESTS, name, request.method, str(response.status_code)).inc()
                 metrics.child(metrics.FUNCTION_SECONDS, name).observe(duration)
-                log.info(
-                    "request",
-                    extra={"method": request.method, "path": request.path,
-                           "status": response.status_code,
-                           "duration_ms": round(duration * 1000, 3)},
-                )
+                logs.log_request({"method": request.method, "path": request.path,
+                                  "status": response.status_code,
+                                  "duration_ms": round(duration * 1000, 3)})
                 return response
 
         setattr(handle, runtime.ENDPOINT_ATTR, handle)  # how a host knows it can call it directly
