@@ -13,7 +13,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from minitwitter import errors, logs, metrics
+from minitwitter import backlog, errors, logs, metrics
 from minitwitter.config import Config
 
 log = logging.getLogger("minitwitter.observability")
@@ -93,14 +93,11 @@ class LogPruner:
 
 
 def register_collectors(config: Config) -> None:
-    """Scrape-time gauges for this process's /metrics: RQ queues, the sentiment backlog, and the
-    sentiment pipeline's own work-list collector (registered when its module is imported, so it
-    is imported here, at start, for every process to expose it from its first scrape)."""
-    from minitwitter import jobs  # noqa: F401 - import registers its collector
-
+    """Scrape-time gauges for this process's /metrics: RQ queues, the sentiment backlog and the
+    sentiment pipeline's work list (:mod:`minitwitter.backlog`)."""
     from .worker import queue_names
 
-    metrics.register_backlog_collectors(queue_names(config))
+    backlog.register_collectors(queue_names(config))
 
 
 def check_worker_settings(config: Config) -> None:

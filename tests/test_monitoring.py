@@ -30,7 +30,7 @@ from rq import Queue
 
 from gateway import embedded, observability
 from gateway.run import stop_services
-from minitwitter import cache, db, metrics
+from minitwitter import backlog, cache, db, metrics
 from minitwitter.config import REPO_ROOT, load_config
 from tests.callback_receiver import Receiver
 from tests.conftest import base_env, eventually, wait_http
@@ -147,9 +147,7 @@ def test_grafana_provisioning_and_dashboards_are_consistent() -> None:
 
 def test_dashboard_and_rule_expressions_only_use_exported_metrics() -> None:
     """Every metric a query names is exported by our code, a recording rule or an exporter."""
-    from minitwitter import jobs  # noqa: F401 - the sentiment pipeline's collector, as in the gateway
-
-    metrics.register_backlog_collectors(["faas-request", "sentiment", "callbacks", "default"])
+    backlog.register_collectors(["faas-request", "sentiment", "callbacks", "default"])
     text, _ = metrics.render()
     # The text format's TYPE line names counters with their _total already.
     suffixes = {"histogram": ("_bucket", "_sum", "_count")}
@@ -169,9 +167,7 @@ def test_dashboard_and_rule_expressions_only_use_exported_metrics() -> None:
 
 def test_metrics_exposition_is_valid_with_every_collector_registered() -> None:
     """promtool lints what /metrics serves (a duplicated family would fail every scrape)."""
-    from minitwitter import jobs  # noqa: F401 - registers the sentiment pipeline's own collector
-
-    metrics.register_backlog_collectors(["faas-request", "sentiment", "callbacks", "default"])
+    backlog.register_collectors(["faas-request", "sentiment", "callbacks", "default"])
     text, _ = metrics.render()
     result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True,
                             timeout=30)
@@ -289,7 +285,7 @@ def test_queue_collector_reports_depth_and_oldest_job_age() -> None:
     old = (datetime.now(UTC) - timedelta(seconds=90)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     cache.client().hset("rq:job:mon-old", "enqueued_at", old)
 
-    families = metrics.queue_families(["sentiment", "callbacks"])
+    families = backlog.queue_families(["sentiment", "callbacks"])
 
     assert _sample(families, "minitwitter_queue_jobs", queue="sentiment", state="queued") == 2
     assert _sample(families, "minitwitter_queue_jobs", queue="callbacks", state="queued") == 0
@@ -308,7 +304,7 @@ def test_backlog_collector_reports_pending_failed_and_oldest_pending_age() -> No
                " VALUES (:a, :c, :s, now() - make_interval(secs => :age), now() - make_interval(secs => :age))",
                a=author, c=content, s=status, age=age_s)
 
-    families = metrics.sentiment_backlog_families()
+    families = backlog.sentiment_backlog_families()
 
     assert _sample(families, "minitwitter_sentiment_backlog_items", kind="post", status="pending") == 2
     assert _sample(families, "minitwitter_sentiment_backlog_items", kind="post", status="failed") == 1
@@ -329,12 +325,12 @@ def test_collectors_report_failure_instead_of_breaking_the_scrape(config: Any, m
     db.close_connection()
     monkeypatch.setattr(config_module, "_CONFIG", broken)
 
-    queues = metrics.queue_families(["sentiment"])
-    backlog = metrics.sentiment_backlog_families()
+    queues = backlog.queue_families(["sentiment"])
+    pending = backlog.sentiment_backlog_families()
 
     assert _sample(queues, "minitwitter_scrape_collector_success", collector="queues") == 0
     assert _sample(queues, "minitwitter_queue_jobs") is None
-    assert _sample(backlog, "minitwitter_scrape_collector_success", collector="sentiment_backlog") == 0
+    assert _sample(pending, "minitwitter_scrape_collector_success", collector="sentiment_backlog") == 0
     cache.reset()
     db.close_connection()
 

@@ -39,7 +39,6 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-from prometheus_client.core import GaugeMetricFamily
 from rq import Queue
 
 from . import cache, db, errors, logs, metrics, sentiment
@@ -470,15 +469,3 @@ def on_worker_start(worker: Any) -> None:  # noqa: ARG001 - the worker hook's si
     cfg = get_config()
     threading.Thread(target=_watch_backend, args=(cfg,), name="sentiment-backend", daemon=True).start()
 
-
-# --- metrics at scrape time --------------------------------------------------------------------
-
-def _queue_metrics() -> list[GaugeMetricFamily]:
-    """Items waiting in the sentiment queue (the oldest pending item's age is in ``metrics``)."""
-    depth = GaugeMetricFamily("minitwitter_sentiment_queue_depth",
-                              "Sentiment items waiting in the Redis queue")
-    depth.add_metric([], float(cache.soft(lambda r: r.llen(TODO_KEY), 0)))
-    return [depth]
-
-
-metrics.add_scrape_collector(_queue_metrics)
