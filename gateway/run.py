@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from minitwitter import logs
 from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, Config, ensure_dev_secrets, load_config, set_config
 
 from . import embedded
@@ -139,6 +138,10 @@ def main() -> int:
         choose_stores(env, started, data_dir)
         config = load_config(env)
         set_config(config)
+        # Not at the top: logs reports to metrics, and prometheus_client picks where samples go
+        # (PROMETHEUS_MULTIPROC_DIR, set above) when it is first imported.
+        from minitwitter import logs
+
         logs.configure_logging("run", to_db=False)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])
         # Database, migrations and the stack's functions, in a child: this process stays small.

@@ -23,10 +23,12 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
+
+from .metrics import drain
 
 call_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_id", default=None)
 function_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("function", default=None)
@@ -34,7 +36,6 @@ account_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("accoun
 
 INSTANCE = socket.gethostname()
 SHIP_BATCH = 500
-T = TypeVar("T")
 #: Name of the handlers configure_logging installs (so a second call replaces, not adds).
 HANDLER_NAME = "minitwitter"
 SHIP_INTERVAL = 0.2
@@ -333,16 +334,6 @@ class LogSink:
     def close(self) -> None:
         self._stop.set()
         self.flush()
-
-
-def drain(items: deque[T], limit: int | None = None) -> list[T]:
-    """Pop up to ``limit`` (default: all) items from the left, safe against concurrent appends
-    (the log sink's buffers, the metrics' pending updates)."""
-    taken: list[T] = []
-    with suppress(IndexError):
-        while limit is None or len(taken) < limit:
-            taken.append(items.popleft())
-    return taken
 
 
 #: A JSON ``\u0000`` escape (preceded by an even number of backslashes, so not the text

@@ -15,8 +15,9 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,12 +32,21 @@ from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from . import logs
-
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 #: Seconds between a process's batched updates (:func:`child`) reaching its samples.
 FLUSH_INTERVAL = 0.1
+T = TypeVar("T")
+
+
+def drain(items: deque[T], limit: int | None = None) -> list[T]:
+    """Pop up to ``limit`` (default: all) items from the left, safe against concurrent appends
+    (the log sink's buffers, the metrics' pending updates)."""
+    taken: list[T] = []
+    with suppress(IndexError):
+        while limit is None or len(taken) < limit:
+            taken.append(items.popleft())
+    return taken
 
 
 class _Updates:
@@ -93,7 +103,7 @@ class _Updates:
         whose write fails keeps its sum pending for the next apply."""
         with self._lock:
             sums: dict[Any, float] = {}
-            for value, amount in logs.drain(self.pending):
+            for value, amount in drain(self.pending):
                 sums[value] = sums.get(value, 0.0) + amount
             failed: list[tuple[Any, float]] = []
             for value, amount in sums.items():
