@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import redis
 from hiredis import pack_command
 
+from . import metrics
 from .config import Config, get_config
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,6 @@ def mark_down(exc: Exception) -> None:
     global _down_until
     if not is_down():
         log.warning("redis unavailable", extra={"error": type(exc).__name__})
-        from . import metrics
-
         metrics.DEPENDENCY_ERRORS.labels(dependency="redis").inc()
     _down_until = time.monotonic() + DOWN_BACKOFF_SECONDS
 

@@ -22,7 +22,7 @@ import pg8000.converters
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from . import cache, errors
+from . import cache, errors, metrics
 from .config import Config, get_config
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,6 @@ def connect_params(url: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def _count_failure() -> None:
-    # Imported here: importing metrics touches PROMETHEUS_MULTIPROC_DIR, which entry points
-    # create only after they have imported this module.
-    from . import metrics
-
     metrics.DEPENDENCY_ERRORS.labels(dependency="postgres").inc()
 
 
