@@ -27,7 +27,7 @@ import orjson
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.wrappers import Request, Response
 
-from minitwitter import cache, callbacks, db, errors, identity, logs, metrics, ratelimit
+from minitwitter import cache, callbacks, db, errors, identity, logs, logstore, metrics, ratelimit
 from minitwitter.config import Config, use_config
 from minitwitter.http import client_ip, dumps, error_response, new_call_id
 from minitwitter.runtime import StartResponse, WSGIEnv
@@ -393,7 +393,7 @@ class Gateway:
         }
         if follow in ("true", "1"):
             return self.follow_logs(filters, tail if tail >= 0 else None)
-        lines = logs.query(tail=tail if tail >= 0 else None, **filters)
+        lines = logstore.query(tail=tail if tail >= 0 else None, **filters)
         body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         return Response(body, status=200, mimetype="application/x-ndjson")
 

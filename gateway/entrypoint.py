@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if healthy(args.role) else 1
     # Before anything can count a metric (a failed connection does): samples go to this folder.
     reset_metrics_dir()
-    logs.configure_logging("entrypoint", to_db=False)
+    logs.configure_logging("entrypoint")
     if not args.no_migrate:
         try:
             applied = wait_and_migrate(args.wait)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from minitwitter import errors, logs
+from minitwitter import errors, logstore
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -61,8 +61,8 @@ def follow(filters: dict[str, Any], *, tail: int | None, max_seconds: float, sto
     ``stop`` set, the store failing).
     """
     try:
-        top = logs.newest_id()
-        first = logs.query_rows(tail=tail, **filters)
+        top = logstore.newest_id()
+        first = logstore.query_rows(tail=tail, **filters)
     except BaseException:
         if release is not None:
             release()
@@ -88,7 +88,7 @@ def _stream(first: list[tuple[int, dict[str, Any]]], top: int, filters: dict[str
                 history.popleft()
             floor = history[0][1]  # the highest id seen OVERLAP_SECONDS ago
             try:
-                rows = logs.rows_after(floor, **filters)
+                rows = logstore.rows_after(floor, **filters)
             except errors.DependencyUnavailable:
                 rows = []  # PostgreSQL away: the stream waits (heartbeats) for it
             fresh = [(row_id, line) for row_id, line in rows if row_id not in sent]

@@ -13,7 +13,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from minitwitter import backlog, errors, logs, metrics
+from minitwitter import backlog, errors, logstore, metrics
 from minitwitter.config import Config
 
 log = logging.getLogger("minitwitter.observability")
@@ -76,7 +76,7 @@ class LogPruner:
     def prune_once(self) -> int:
         """One pruning pass; a store failure is logged and retried at the next interval."""
         try:
-            removed = logs.prune(self.retention_days)
+            removed = logstore.prune(self.retention_days)
         except errors.MinitwitterError as exc:
             log.warning("log pruning failed", extra={"error": exc.message})
             return 0

@@ -20,7 +20,7 @@ from .registry import Registry
 def main() -> int:
     config = get_config()
     ensure_database(config.database_url)
-    logs.configure_logging("prepare", to_db=False)
+    logs.configure_logging("prepare")
     migrate.migrate()
     Registry(config).seed(redeploy=True)
     logs.flush()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 
-from minitwitter import errors, logs, metrics
+from minitwitter import errors, logs, logstore, metrics
 from minitwitter.config import get_config
 from minitwitter.runtime import freeze_loaded_objects
 
@@ -59,7 +59,7 @@ if multiprocessing.parent_process() is not None:  # a granian worker (not a test
     detach_from_terminal_signals()
     set_process_name(SERVER_PROCESS_NAME)
 config = get_config()
-logs.configure_logging("gateway")
+logs.configure_logging("gateway", store=logstore.store_batch)
 flush_at_exit()  # what the worker buffered when it stops
 metrics.reap_dead_processes()
 gateway = Gateway(config)

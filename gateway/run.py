@@ -142,7 +142,7 @@ def main() -> int:
         # (PROMETHEUS_MULTIPROC_DIR, set above) when it is first imported.
         from minitwitter import logs
 
-        logs.configure_logging("run", to_db=False)
+        logs.configure_logging("run")
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])
         # Database, migrations and the stack's functions, in a child: this process stays small.
         if subprocess.run([sys.executable, "-m", "gateway.prepare"], env=env, cwd=REPO_ROOT,

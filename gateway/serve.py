@@ -133,7 +133,7 @@ def main() -> None:
 
     config = load_config()
     set_process_name(MAIN_PROCESS_NAME)
-    logs.configure_logging("gateway-server", to_db=False)
+    logs.configure_logging("gateway-server")
     # What every server process imports, imported once here: they are forked with it in shared
     # pages (PSS per server process 49 -> 2x MiB). The app itself is built in each of them.
     importlib.import_module("gateway.edge")

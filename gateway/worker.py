@@ -26,7 +26,7 @@ from collections.abc import Callable
 import redis
 from rq import SimpleWorker
 
-from minitwitter import cache, logs, metrics
+from minitwitter import cache, logs, logstore, metrics
 from minitwitter.config import Config, get_config
 from minitwitter.runtime import freeze_loaded_objects, preload_library
 
@@ -68,7 +68,7 @@ def run_worker(burst: bool = False) -> None:
     teardown) when Redis goes away; the worker is then started again once Redis answers, so a
     Redis restart never needs a worker restart.
     """
-    logs.configure_logging("worker")
+    logs.configure_logging("worker", store=logstore.store_batch)
     hooked = False
     while True:
         if not burst:
@@ -129,7 +129,7 @@ def _child_start(kind: str, name: str) -> bool:
         return False
     flush_at_exit()  # multiprocessing ends this process with os._exit
     cache.reset()
-    logs.configure_logging(kind)
+    logs.configure_logging(kind, store=logstore.store_batch)
     return True
 
 
@@ -165,7 +165,7 @@ def main() -> None:
     set_process_name(SUPERVISOR_NAME)
     # No thread in this process, ever (see the module's docstring): log lines are written at
     # once, restarts counted straight into the shared samples.
-    logs.configure_logging("worker-supervisor", to_db=False, background=False)
+    logs.configure_logging("worker-supervisor", background=False)
     for kind in ("queue-worker", "scheduler"):
         metrics.PROCESS_RESTARTS.labels(kind=kind)
     # What the children import anyway, imported (and VADER's lexicon loaded) once here: they are

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from minitwitter import db, logs
+from minitwitter import db, logs, logstore
 from minitwitter.config import get_config, set_config
 from tests.conftest import eventually
 
@@ -23,7 +23,7 @@ COLUMNS = "ts, level, logger, message, function, call_id, account_id, status, du
 
 @pytest.fixture
 def sink() -> Iterator[logs.LogSink]:
-    sink = logs.LogSink(io.StringIO(), capacity=100)
+    sink = logs.LogSink(io.StringIO(), capacity=100, store=logstore.store_batch)
     yield sink
     sink.close()
 
@@ -62,7 +62,7 @@ def test_a_record_becomes_one_line_on_the_stream_and_one_row_with_the_same_field
     assert row["ts"] == datetime.fromisoformat(line["time"])  # to the microsecond
     assert (row["level"], row["logger"], row["message"]) == ("INFO", "minitwitter.test", "request")
     assert (row["function"], row["call_id"], row["account_id"]) == ("get-user", "call-1", 42)
-    assert (row["status"], row["duration_ms"], row["instance"]) == (200, 1.25, logs.INSTANCE)
+    assert (row["status"], row["duration_ms"], row["instance"]) == (200, 1.25, logstore.INSTANCE)
     assert row["extra"] == {"path": "/alice"}
     # Log rows commit without waiting for the WAL flush, but only they: the thread's session
     # (the one requests use) still commits durably.
@@ -122,7 +122,7 @@ def test_lines_wait_while_postgresql_is_unreachable_and_the_buffer_stays_bounded
 def test_a_forked_child_does_not_write_its_parents_pending_lines_again(tmp_path: Path):
     path = tmp_path / "stream.log"
     with open(path, "w") as stream:
-        sink = logs.LogSink(stream, store=False)
+        sink = logs.LogSink(stream)
         logger_for(sink).info("before the fork")
         pid = os.fork()
         if pid == 0:  # the child: whatever it flushes must not include the parent's line
@@ -140,7 +140,7 @@ class BrokenStream(io.StringIO):
 
 
 def test_a_broken_stream_loses_nothing_bound_for_postgresql():
-    sink = logs.LogSink(BrokenStream(), capacity=100)
+    sink = logs.LogSink(BrokenStream(), capacity=100, store=logstore.store_batch)
     try:
         log = logger_for(sink)
         log.info("still stored")
@@ -227,7 +227,7 @@ def test_the_request_line_built_directly_is_the_line_logging_writes(monkeypatch:
     """``logs.log_request`` skips the logging machinery when this module's handler is the only
     one; its line is the one ``logging`` writes for the same record, byte for byte (but the
     time, which differs between the two calls)."""
-    sink = logs.LogSink(io.StringIO(), capacity=100, store=False)
+    sink = logs.LogSink(io.StringIO(), capacity=100)
     handler = logs.JsonLogHandler(sink)
     monkeypatch.setattr(logging.root, "handlers", [handler])
     monkeypatch.setattr(logs, "_handler", handler)

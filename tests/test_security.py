@@ -383,9 +383,9 @@ class Follower:
 
 
 def stream_end_reasons() -> list[str]:
-    from minitwitter import logs
+    from minitwitter import logstore
 
-    return [json.loads(line["text"])["reason"] for line in logs.query(tail=100)
+    return [json.loads(line["text"])["reason"] for line in logstore.query(tail=100)
             if json.loads(line["text"])["message"] == "log stream ended"]
 
 
@@ -423,10 +423,10 @@ def test_logs_follow_streams_new_lines_until_the_client_goes_away(gw: Any) -> No
 
 def test_a_log_stream_ends_after_its_time_and_when_the_gateway_closes(config: Config) -> None:
     from gateway import logstream
-    from minitwitter import logs
+    from minitwitter import logstore
 
     def store(message: str) -> None:
-        logs.store_lines([json.dumps({"level": "INFO", "logger": "t", "message": message, "function": "fn"})])
+        logstore.store_lines([json.dumps({"level": "INFO", "logger": "t", "message": message, "function": "fn"})])
 
     def messages(chunks: list[bytes]) -> list[str]:
         return [json.loads(json.loads(line)["text"])["message"]
@@ -519,10 +519,10 @@ def test_health_and_metrics_refuse_other_methods_with_405(gw: Any, path: str) ->
 def test_log_lines_with_nul_are_stored_with_every_field(config: Config) -> None:
     """PostgreSQL's text and jsonb cannot hold NUL (22P05): it was refusing the batch, then the
     line. Each field is stored, the NUL written as the six characters ``\\u0000``."""
-    from minitwitter import logs
+    from minitwitter import logs, logstore
     from tests.test_logs import logger_for
 
-    sink = logs.LogSink(io.StringIO(), capacity=100)
+    sink = logs.LogSink(io.StringIO(), capacity=100, store=logstore.store_batch)
     try:
         log = logger_for(sink)
         with logs.context(function="get-user\x00", call_id="call\x00id"):

@@ -3,8 +3,9 @@
 Every record carries ``function``, ``call_id`` and ``account_id`` from context variables set at
 the request (or job) boundary, so one call id finds a request, its jobs and its callbacks.
 One handler formats each record once (:class:`JsonFormatter`) and gives the line to a
-:class:`LogSink`, whose background thread writes the lines to stderr and stores them in the
-``logs`` table in batches; warnings and errors reach stderr at once.
+:class:`LogSink`, whose background thread writes the lines to stderr and hands them in batches
+to its ``store`` (:func:`minitwitter.logstore.store_batch`: the ``logs`` table); warnings and
+errors reach stderr at once.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import json
 import logging
 import math
 import os
-import re
-import socket
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -28,13 +27,14 @@ from typing import Any
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from . import errors, metrics
+from .config import get_config
 from .metrics import drain
 
 call_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_id", default=None)
 function_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("function", default=None)
 account_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("account_id", default=None)
 
-INSTANCE = socket.gethostname()
 SHIP_BATCH = 500
 #: Name of the handlers configure_logging installs (so a second call replaces, not adds).
 HANDLER_NAME = "minitwitter"
@@ -148,52 +148,12 @@ class JsonFormatter(OrjsonFormatter):
                 log_data[rename.get(key, key)] = value
 
 
-def _store_sql(account_id: str, status: str, duration_ms: str) -> str:
-    """An INSERT of a JSON array of log lines: keys with a ``logs`` column go there (the three
-    numeric ones through the given expressions of ``j``), every other key to ``extra``."""
-    return f"""
-WITH no_flush_wait AS (SELECT set_config('synchronous_commit', 'off', true))
-INSERT INTO logs (ts, level, logger, message, function, call_id, account_id, status, duration_ms,
-                  instance, extra)
-SELECT c.ts, c.level, c.logger, c.message, c.function, c.call_id, c.account_id, c.status,
-       c.duration_ms, :instance,
-       nullif(j - ARRAY['time', 'level', 'logger', 'message', 'function', 'call_id']
-                - CASE WHEN c.account_id IS NULL AND j->'account_id' <> 'null' THEN '' ELSE 'account_id' END
-                - CASE WHEN c.status IS NULL AND j->'status' <> 'null' THEN '' ELSE 'status' END
-                - CASE WHEN c.duration_ms IS NULL AND j->'duration_ms' <> 'null' THEN '' ELSE 'duration_ms' END,
-              '{{}}'::jsonb)
-FROM no_flush_wait, jsonb_array_elements(:lines::jsonb) WITH ORDINALITY AS line(j, n)
-CROSS JOIN LATERAL (SELECT
-    coalesce((j->>'time')::timestamptz, now()) AS ts,
-    coalesce(j->>'level', 'INFO') AS level,
-    coalesce(j->>'logger', '') AS logger,
-    coalesce(j->>'message', '') AS message,
-    j->>'function' AS function,
-    j->>'call_id' AS call_id,
-    {account_id} AS account_id,
-    {status} AS status,
-    {duration_ms} AS duration_ms
-) AS c
-ORDER BY n
-"""
-
-
-#: Stores a batch whose numbers fit their columns (every line this library writes).
-STORE_SQL = _store_sql("(j->>'account_id')::bigint", "(j->>'status')::integer",
-                       "(j->>'duration_ms')::double precision")
-#: The fallback for a batch :data:`STORE_SQL` refused: numbers are checked before the cast, and a
-#: value that does not fit its column stays in ``extra`` (~50 % more PostgreSQL time per line).
-STORE_CHECKED_SQL = _store_sql(
-    r"CASE WHEN j->>'account_id' ~ '^-?[0-9]{1,18}$' THEN (j->>'account_id')::bigint END",
-    r"CASE WHEN j->>'status' ~ '^-?[0-9]{1,9}$' THEN (j->>'status')::integer END",
-    r"CASE WHEN jsonb_typeof(j->'duration_ms') = 'number'"
-    r" AND j->>'duration_ms' ~ '^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]{1,2})?$'"
-    r" THEN (j->>'duration_ms')::double precision END",
-)
-
-
 class LogSink:
-    """Where formatted lines go: the stream (stderr) and, when shipping, the ``logs`` table.
+    """Where formatted lines go: the stream (stderr) and, when shipping, ``store``.
+
+    ``store(lines)`` stores a batch and returns how many lines it kept, raising
+    ``errors.DependencyUnavailable`` while PostgreSQL is unreachable
+    (:func:`minitwitter.logstore.store_batch`, the ``logs`` table).
 
     On the request path a line is only appended to a buffer: a background thread writes what
     accumulated to the stream in one ``write`` every ``WRITE_INTERVAL`` and stores it in
@@ -207,8 +167,8 @@ class LogSink:
     never dropped: past ``capacity`` the caller writes them itself.
     """
 
-    def __init__(self, stream: Any, *, capacity: int = 10000, store: bool = True,
-                 background: bool = True) -> None:
+    def __init__(self, stream: Any, *, capacity: int = 10000,
+                 store: Callable[[list[str]], int] | None = None, background: bool = True) -> None:
         self.stream = stream
         self.capacity = capacity
         self.store = store
@@ -251,8 +211,6 @@ class LogSink:
     def _restart(self) -> None:
         """The shipping thread died (an error it could not survive): start a new one, say so
         on the stream and count it (``minitwitter_process_restarts_total{kind="log-shipper"}``)."""
-        from . import metrics
-
         self._start()
         metrics.child(metrics.PROCESS_RESTARTS, "log-shipper").inc()
         notice = json.dumps({"time": datetime.now(UTC).isoformat(), "level": "WARNING",
@@ -290,8 +248,6 @@ class LogSink:
                     self.stream.flush()
 
     def _drop(self, count: int) -> None:
-        from . import metrics
-
         self.dropped += count
         metrics.LOG_RECORDS.labels(outcome="dropped").inc(count)
 
@@ -304,10 +260,11 @@ class LogSink:
 
     def _store(self, batch: list[str]) -> bool:
         """Insert one batch; False when PostgreSQL is unreachable (the batch waits again)."""
-        from . import errors, metrics
-
+        store = self.store
+        if store is None:  # a sink without a store queues nothing for it
+            return True
         try:
-            store_lines(batch)
+            stored = store(batch)
         except errors.DependencyUnavailable:
             self.unstored.extendleft(reversed(batch))
             excess = len(self.unstored) - self.capacity
@@ -316,13 +273,9 @@ class LogSink:
             if excess > 0:
                 self._drop(excess)
             return False
-        except errors.MinitwitterError:
-            # A value that does not fit its column (a caller's own ``status``, say).
-            stored = _store_checked(batch)
-            metrics.LOG_RECORDS.labels(outcome="stored").inc(stored)
+        metrics.LOG_RECORDS.labels(outcome="stored").inc(stored)
+        if stored < len(batch):  # lines the store refused even one by one
             self._drop(len(batch) - stored)
-            return True
-        metrics.LOG_RECORDS.labels(outcome="stored").inc(len(batch))
         return True
 
     def flush(self) -> None:
@@ -334,53 +287,6 @@ class LogSink:
     def close(self) -> None:
         self._stop.set()
         self.flush()
-
-
-#: A JSON ``\u0000`` escape (preceded by an even number of backslashes, so not the text
-#: ``\\u0000``, an escaped backslash followed by "u0000").
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-
-
-def storable(batch: str) -> str:
-    """JSON text PostgreSQL can store: NUL, which neither ``text`` nor ``jsonb`` can hold (SQLSTATE
-    22P05 refused the whole batch, and then the line), becomes the six characters ``\u0000``.
-
-    A request for ``/function/get-user/%00`` logs its path with a NUL; the line is kept, showing
-    where the NUL was. Other control characters are stored as they are.
-    """
-    return _NUL_ESCAPE.sub(r"\1\\\\u0000", batch) if "\\u0000" in batch else batch
-
-
-def store_lines(lines: list[str], *, checked: bool = False) -> None:
-    """Insert JSON log lines (as :class:`JsonFormatter` writes them) with one statement.
-
-    The statement commits without waiting for its WAL flush (``synchronous_commit`` off for its
-    own transaction only, as PostgreSQL's docs suggest for data such as logs): a crash of
-    PostgreSQL itself may lose the last fraction of a second of log rows, never corrupt them.
-    Not for use inside a caller's transaction (the setting would apply to all of it).
-    """
-    from . import db
-
-    db.run(STORE_CHECKED_SQL if checked else STORE_SQL,
-           lines=storable("[" + ",".join(lines) + "]"), instance=INSTANCE)
-
-
-def _store_checked(batch: list[str]) -> int:
-    """Store a batch with :data:`STORE_CHECKED_SQL`, line by line should that fail too; return
-    how many lines were stored."""
-    from . import errors
-
-    try:
-        store_lines(batch, checked=True)
-        return len(batch)
-    except errors.MinitwitterError:
-        pass
-    stored = 0
-    for line in batch:
-        with suppress(errors.MinitwitterError):
-            store_lines([line], checked=True)
-            stored += 1
-    return stored
 
 
 class JsonLogHandler(logging.Handler):
@@ -443,13 +349,12 @@ def log_request(fields: dict[str, Any]) -> None:
     handler.sink.add(orjson.dumps(line, default=str).decode())
 
 
-def configure_logging(process: str, *, level: str | None = None, to_db: bool | None = None,
-                      background: bool = True) -> None:
-    """Set up JSON logging on stderr (and to PostgreSQL) for this process; idempotent.
+def configure_logging(process: str, *, level: str | None = None,
+                      store: Callable[[list[str]], int] | None = None, background: bool = True) -> None:
+    """Set up JSON logging on stderr for this process, the lines also kept by ``store``
+    (:func:`minitwitter.logstore.store_batch`) unless ``LOG_TO_DB`` is off; idempotent.
     ``background=False``: no thread, each line written at once, nothing stored."""
     global _sink, _handler
-    from .config import get_config
-
     cfg = get_config()
     # Nothing here reads the caller's file and line, thread or process name: skip computing them
     # (the logging HOWTO's optimisation; ~3 us per record).
@@ -462,11 +367,10 @@ def configure_logging(process: str, *, level: str | None = None, to_db: bool | N
         if handler.get_name() == HANDLER_NAME:
             root.removeHandler(handler)
     root.setLevel(level or cfg.log_level)
-    store = to_db if to_db is not None else cfg.log_to_db
     if _sink is not None:
         _sink.close()
-    _sink = LogSink(sys.stderr, capacity=cfg.log_buffer_size, store=store and background,
-                    background=background)
+    _sink = LogSink(sys.stderr, capacity=cfg.log_buffer_size,
+                    store=store if cfg.log_to_db and background else None, background=background)
     _handler = JsonLogHandler(_sink)
     root.addHandler(_handler)
     logging.getLogger("minitwitter").info("logging configured", extra={"component": process})
@@ -476,102 +380,6 @@ def flush() -> None:
     """Ship everything buffered now (tests and shutdown)."""
     if _sink is not None:
         _sink.flush()
-
-
-def prune(retention_days: int) -> int:
-    """Delete log rows older than the retention; return how many went."""
-    from . import db
-
-    rows = db.run(
-        "WITH gone AS (DELETE FROM logs WHERE ts < now() - make_interval(days => :d) RETURNING 1)"
-        " SELECT count(*) FROM gone",
-        d=retention_days,
-    )
-    return int(rows[0][0])
-
-
-def _filters(name: str | None, since: datetime | None, call_id: str | None,
-             level: str | None) -> tuple[list[str], dict[str, Any]]:
-    """WHERE fragments (fixed text; values are bound) and parameters of a log query."""
-    clauses = ["TRUE"]
-    params: dict[str, Any] = {}
-    if name:
-        clauses.append("function = :name")
-        params["name"] = name
-    if since:
-        clauses.append("ts >= :since")
-        params["since"] = since
-    if call_id:
-        clauses.append("call_id = :call_id")
-        params["call_id"] = call_id
-    if level:
-        clauses.append("level = :level")
-        params["level"] = level.upper()
-    return clauses, params
-
-
-_COLUMNS = "id, ts, level, logger, message, function, call_id, account_id, status, duration_ms, instance, extra"
-
-
-def _entries(rows: list[list[Any]], namespace: str) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of :data:`_COLUMNS` as ``(id, line in OpenFaaS /system/logs shape)``."""
-    out = []
-    for row_id, ts, lvl, logger, message, function, cid, account, status, duration, instance, extra in rows:
-        record = {"time": ts.isoformat(), "level": lvl, "logger": logger, "message": message,
-                  "function": function, "call_id": cid, "account_id": account, "status": status,
-                  "duration_ms": duration}
-        if extra:
-            record.update(extra if isinstance(extra, dict) else json.loads(extra))
-        out.append((row_id, {
-            "name": function or logger,
-            "namespace": namespace,
-            "instance": instance or INSTANCE,
-            "timestamp": ts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            "text": json.dumps(record, default=str),
-        }))
-    return out
-
-
-def query_rows(*, name: str | None = None, since: datetime | None = None, tail: int | None = None,
-               call_id: str | None = None, level: str | None = None,
-               namespace: str = "openfaas-fn") -> list[tuple[int, dict[str, Any]]]:
-    """Log lines with their row ids, the newest ``tail`` (10,000 at most), oldest first."""
-    from . import db
-
-    clauses, params = _filters(name, since, call_id, level)
-    params["limit"] = tail if tail is not None and tail >= 0 else 10000
-    where = " AND ".join(clauses)
-    rows = db.run(f"SELECT {_COLUMNS} FROM (SELECT * FROM logs WHERE {where} ORDER BY ts DESC, id DESC"
-                  f" LIMIT :limit) recent ORDER BY ts, id", **params)
-    return _entries(rows, namespace)
-
-
-def query(*, name: str | None = None, since: datetime | None = None, tail: int | None = None,
-          call_id: str | None = None, level: str | None = None,
-          namespace: str = "openfaas-fn") -> list[dict[str, Any]]:
-    """Log lines in OpenFaaS ``/system/logs`` shape, oldest first."""
-    return [line for _, line in query_rows(name=name, since=since, tail=tail, call_id=call_id,
-                                           level=level, namespace=namespace)]
-
-
-def rows_after(after_id: int, *, name: str | None = None, since: datetime | None = None,
-               call_id: str | None = None, level: str | None = None, namespace: str = "openfaas-fn",
-               limit: int = 10000) -> list[tuple[int, dict[str, Any]]]:
-    """Log lines stored with an id above ``after_id``, in id order (what a follower polls)."""
-    from . import db
-
-    clauses, params = _filters(name, since, call_id, level)
-    where = " AND ".join([*clauses, "id > :after_id"])
-    rows = db.run(f"SELECT {_COLUMNS} FROM logs WHERE {where} ORDER BY id LIMIT :limit",
-                  after_id=after_id, limit=limit, **params)
-    return _entries(rows, namespace)
-
-
-def newest_id() -> int:
-    """The highest log row id stored (0 when none)."""
-    from . import db
-
-    return int(db.scalar("SELECT coalesce(max(id), 0) FROM logs"))
 
 
 def now_ms() -> float:

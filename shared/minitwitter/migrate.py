@@ -11,7 +11,7 @@ import logging
 import re
 from pathlib import Path
 
-from . import db
+from . import db, logs, logstore
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ def migrate() -> list[int]:
 
 def main() -> None:
     """Entry point of ``make migrate``."""
-    from .logs import configure_logging
-
-    configure_logging("migrate")
+    logs.configure_logging("migrate", store=logstore.store_batch)
     versions = migrate()
     log.info("migrations applied", extra={"versions": versions})
     print(f"migrations applied: {versions or 'none (up to date)'}")

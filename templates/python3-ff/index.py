@@ -86,9 +86,9 @@ def build_app() -> Callable[..., Any]:
 
 
 def _post_fork(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
-    from minitwitter import logs
+    from minitwitter import logs, logstore
 
-    logs.configure_logging("function")
+    logs.configure_logging("function", store=logstore.store_batch)
 
 
 def _post_worker_init(worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
