@@ -15,9 +15,8 @@ from typing import Any
 import orjson
 
 from . import db, errors, posts, versioned_cache
-from .feed import Listing
 from .jsonshape import ident, iso
-from .pagination import Page, link_header, window
+from .pagination import Listing, Page, link_header, window
 from .validation import fields
 
 COMMENT_CACHE = versioned_cache.VersionedCache("comments", 300)

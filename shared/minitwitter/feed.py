@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from . import cache, db, errors, metrics, posts, versioned_cache
-from .pagination import Page, link_header, window
+from .pagination import Listing, Page, link_header, window
 from .worklist import WorkList
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,6 @@ FAN_OUT_TRIGGER = 500
 FAN_OUT_WAIT = 0.05
 FAN_OUT_LIST = WorkList(FAN_OUT_TODO, FAN_OUT_TRIGGER)
 _SENTINEL = "0"
-
-
-@dataclass(frozen=True)
-class Listing:
-    """A page ready to send: the JSON body bytes and its ``Link`` header (or None)."""
-
-    body: bytes
-    link: str | None
 
 
 def _select(where: str, order: str) -> str:

@@ -94,6 +94,14 @@ def anchored_at_lower(page: Page, newest_first: bool) -> bool:
 
 
 @dataclass(frozen=True)
+class Listing:
+    """A page ready to send: the JSON body bytes and its ``Link`` header (or None)."""
+
+    body: bytes
+    link: str | None
+
+
+@dataclass(frozen=True)
 class Window:
     """SQL pieces for one page: a WHERE fragment, an ORDER BY, its parameters, and whether the
     fetched rows must be reversed into display order. Fragments are constants, never user text."""
