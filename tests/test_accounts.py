@@ -8,7 +8,7 @@ from typing import Any
 import jwt
 import pytest
 
-from minitwitter import db, users
+from minitwitter import db, invalidation
 from minitwitter.config import set_config
 from minitwitter.users import SENTIMENT_WINDOW
 from tests.api import PASSWORD, Api
@@ -35,7 +35,7 @@ def add_posts(author_id: str, rows: list[tuple[str, str | None]]) -> None:
     for status, label in rows:
         db.run("INSERT INTO posts (author_id, content, sentiment_status, sentiment_label) "
                "VALUES (:a, 'text', :s, :l)", a=int(author_id), s=status, l=label)
-    users.invalidate_accounts(int(author_id))
+    invalidation.invalidate_accounts(int(author_id))
 
 
 # --- register -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from minitwitter import cache, comments, db, feed, posts, versioned_cache
+from minitwitter import cache, db, feed, invalidation, versioned_cache
 from tests.api import Account, Api
 from tests.conftest import record_redis_writes
 from tests.test_posts import create, ids_of
@@ -43,7 +43,7 @@ def test_reads_are_served_from_the_cache(api: Api) -> None:
     assert api.call("get-post", "GET", f"/{post['id']}").json["content"] == "cached"
     assert api.call("list-posts", "GET", "/").json[0]["content"] == "cached"
     assert api.call("home-timeline", "GET", "/", token=alice.token).json[0]["content"] == "cached"
-    posts.invalidate_post(int(post["id"]))
+    invalidation.invalidate_post(int(post["id"]))
     assert api.call("get-post", "GET", f"/{post['id']}").json["content"] == "sneaky"
     assert api.call("list-posts", "GET", "/").json[0]["content"] == "sneaky"
     assert api.call("home-timeline", "GET", "/", token=alice.token).json[0]["content"] == "sneaky"
@@ -124,7 +124,7 @@ def test_sentiment_verdict_is_visible_after_invalidate_post(api: Api) -> None:
     views(api, post["id"], alice)
     db.run("UPDATE posts SET sentiment_status = 'done', sentiment_label = 'positive', sentiment_score = 0.9, "
            "sentiment_model = 'vader' WHERE id = :id", id=int(post["id"]))
-    posts.invalidate_post(int(post["id"]))
+    invalidation.invalidate_post(int(post["id"]))
     verdict = {"status": "done", "label": "positive", "score": 0.9, "model": "vader"}
     seen = views(api, post["id"], alice)
     assert seen["get"]["sentiment"] == verdict and seen["get_as_viewer"]["sentiment"] == verdict
@@ -140,7 +140,7 @@ def test_comment_verdict_is_visible_after_invalidate_comment(api: Api) -> None:
     views(api, post["id"], alice)
     db.run("UPDATE comments SET sentiment_status = 'done', sentiment_label = 'negative', sentiment_score = -0.7, "
            "sentiment_model = 'vader' WHERE id = :id", id=int(made["id"]))
-    comments.invalidate_comment(int(post["id"]), int(made["id"]))
+    invalidation.invalidate_comment(int(post["id"]), int(made["id"]))
     listed = api.call("list-comments", "GET", f"/{post['id']}").json
     assert listed[0]["sentiment"] == {"status": "done", "label": "negative", "score": -0.7, "model": "vader"}
 
@@ -167,7 +167,7 @@ def test_public_first_page_cache_is_per_limit(api: Api, limit: int) -> None:
         response = api.call("list-posts", "GET", "/", query={"limit": limit})
         assert len(ids_of(response)) == min(limit, 3)
         assert ("next" in response.headers.get("Link", "")) is (limit == 1)
-    assert cache.client().hget(feed.PUBLIC_KEY, str(limit)) is not None
+    assert cache.client().hget(invalidation.PUBLIC_KEY, str(limit)) is not None
 
 
 # --- the account view (get-user) -----------------------------------------------------------------
@@ -183,14 +183,12 @@ def profile(api: Api, name: str) -> dict[str, Any]:
 
 def test_account_view_is_served_from_the_cache(api: Api) -> None:
     """A change behind the cache's back stays invisible until invalidated: the cache is real."""
-    from minitwitter import users
-
     alice = api.account("alice")
     assert profile(api, "alice")["bio"] == ""
     db.run("UPDATE users SET bio = 'sneaky' WHERE id = :id", id=int(alice.id))
     assert profile(api, "alice")["bio"] == ""
     assert api.call("get-user", "GET", "/me", token=alice.token).json["bio"] == "sneaky"  # own view: PostgreSQL
-    users.invalidate_accounts(int(alice.id))
+    invalidation.invalidate_accounts(int(alice.id))
     assert profile(api, "alice")["bio"] == "sneaky"
 
 
@@ -228,7 +226,7 @@ def test_a_display_name_change_is_visible_in_every_post_and_comment_view(
     """Posts and comments embed their author's display name: a profile edit must reach the
     cached post objects, timeline pages and comment pages that hold it (sent in several round
     trips here, as for an author with many posts)."""
-    monkeypatch.setattr(posts, "INVALIDATION_CHUNK", 2)
+    monkeypatch.setattr(invalidation, "INVALIDATION_CHUNK", 2)
     alice, bob = api.account("alice"), api.account("bob")
     post = create(api, alice, "by alice")
     other = create(api, bob, "by bob")
@@ -255,19 +253,18 @@ def test_batched_invalidation_is_one_write_and_survives_a_script_flush(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """A post write bumps the post, the public first pages and the author's view together: one
     write on the connection, and a Redis that lost its scripts (NOSCRIPT) still gets them all."""
-    from minitwitter import users
 
     alice = api.account("alice")
     post = create(api, alice, "bumped")
-    keys = [posts._post_key(int(post["id"])), feed.PUBLIC_KEY, users.account_key(int(alice.id))]
+    keys = [invalidation.post_key(int(post["id"])), invalidation.PUBLIC_KEY, invalidation.account_key(int(alice.id))]
     r = cache.client()
     before = [r.hget(key, "g") for key in keys]
     writes = record_redis_writes(monkeypatch)
-    posts.invalidate_post(int(post["id"]), int(alice.id))
+    invalidation.invalidate_post(int(post["id"]), int(alice.id))
     middle = [r.hget(key, "g") for key in keys]
     assert len(writes) == 1 + len(keys)  # the bumps in one write, then the three HGETs above
     r.script_flush()
-    posts.invalidate_post(int(post["id"]), int(alice.id))
+    invalidation.invalidate_post(int(post["id"]), int(alice.id))
     after = [r.hget(key, "g") for key in keys]
     assert all(a != b and b != c for a, b, c in zip(before, middle, after, strict=True))
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from minitwitter import cache, db, jobs, posts
+from minitwitter import cache, db, invalidation, jobs
 from tests.api import Account, Api
 from tests.conftest import at_once, writing_meanwhile
 
@@ -302,7 +302,7 @@ def seed(author_id: int, count: int, content: str = "post {i}") -> list[int]:
     """Insert ``count`` posts directly (fast), returning their ids oldest first."""
     rows = db.run("INSERT INTO posts (author_id, content) SELECT :a, replace(:c, '{i}', g::text) "
                   "FROM generate_series(1, :n) g RETURNING id", a=author_id, c=content, n=count)
-    posts.invalidate_posts([row[0] for row in rows])  # as the API's writes do
+    invalidation.invalidate_posts([row[0] for row in rows])  # as the API's writes do
     return [row[0] for row in rows]
 
 

@@ -2,24 +2,25 @@
 
 A comment changes its post's ``comments_count`` (trigger), so every write here also invalidates
 the cached post and public timeline. The first page of each post's comments is cached in the
-hash ``comments:<post_id>`` (one field per ``limit``) behind the same generation guard as posts;
-:func:`invalidate_comment` (called by the sentiment worker after a verdict) and every write bump
-it. Idempotency-Key replays answer 200 with the original comment, as for posts.
+hash ``comments:<post_id>`` (one field per ``limit``) behind the same generation guard as posts
+(:data:`invalidation.COMMENT_CACHE`); :func:`invalidation.invalidate_comments` (called by the
+sentiment worker after a verdict) and every write bump it. Idempotency-Key replays answer 200
+with the original comment, as for posts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from . import db, errors, posts, versioned_cache
+from . import db, errors, invalidation, posts
+from .invalidation import COMMENT_CACHE, comment_pages_key
 from .jsonshape import ident, iso
 from .pagination import Listing, Page, link_header, window
 from .validation import fields
 
-COMMENT_CACHE = versioned_cache.VersionedCache("comments", 300)
 COLUMNS = """c.id, c.post_id, c.content, c.created_at, c.sentiment_status, c.sentiment_label,
        c.sentiment_score, c.sentiment_model, u.id, u.username, u.display_name"""
 FROM = "FROM comments c JOIN users u ON u.id = c.author_id"
@@ -36,11 +37,6 @@ def comment_json(row: Sequence[Any]) -> dict[str, Any]:
         "created_at": iso(created),
         "sentiment": posts.sentiment_json(status, label, score, model),
     }
-
-
-def page_key(post_id: int) -> str:
-    """The cache entry holding the post's first comment pages."""
-    return f"comments:{post_id}"
 
 
 def get(comment_id: int) -> dict[str, Any]:
@@ -75,8 +71,8 @@ def add(author_id: int, post_id: int, body: dict[str, Any], *, idempotency_key: 
         except errors.NotFound:
             raise errors.Conflict("the comment created with this Idempotency-Key has been deleted",
                                   {"Idempotency-Key": ["was used for a comment that no longer exists"]}) from None
-    invalidate_comment(post_id, comment_id)
-    posts.invalidate_post(post_id)
+    invalidation.invalidate_comment(post_id, comment_id)
+    invalidation.invalidate_post(post_id)
     posts.enqueue_sentiment("comment", comment_id, 1, call_id)
     return get(comment_id), True
 
@@ -87,30 +83,14 @@ def delete(author_id: int, post_id: int, comment_id: int) -> None:
                         "RETURNING id", c=comment_id, p=post_id, a=author_id)
     if deleted is None:
         raise errors.NotFound("comment not found")
-    invalidate_comment(post_id, comment_id)
-    posts.invalidate_post(post_id)
-
-
-def invalidate_comment(post_id: int, comment_id: int) -> None:
-    """Drop cached pages that may hold the comment."""
-    invalidate_comments([(post_id, comment_id)])
-
-
-def invalidate_comments(items: Iterable[tuple[int, int]]) -> None:
-    """Drop the cached pages of every post that holds one of ``(post_id, comment_id)``.
-
-    Pages are cached per post, so each post's pages go once however many of its comments changed
-    (the sentiment worker passes a whole batch).
-    """
-    keys = sorted({page_key(post_id) for post_id, _comment_id in items})
-    if keys:
-        COMMENT_CACHE.bump(*keys)
+    invalidation.invalidate_comment(post_id, comment_id)
+    invalidation.invalidate_post(post_id)
 
 
 def list_for_post(post_id: int, page: Page) -> Listing:
     """A page of the post's comments, oldest first; NotFound when the post does not exist."""
-    field = str(page.limit)
-    seen = COMMENT_CACHE.get(page_key(post_id), [field, f"{field}:link"]) if page.is_first else None
+    field, key = str(page.limit), comment_pages_key(post_id)
+    seen = COMMENT_CACHE.get(key, [field, f"{field}:link"]) if page.is_first else None
     cached = seen[0][0] if seen is not None else None
     if seen is not None and cached is not None:
         link = seen[0][1]
@@ -125,5 +105,5 @@ def list_for_post(post_id: int, page: Page) -> Listing:
     listing = Listing(orjson.dumps(items),
                       link_header(f"list-comments/{post_id}", page, ids, newest_first=False))
     if seen is not None:
-        COMMENT_CACHE.fill(page_key(post_id), seen[1], {field: listing.body, f"{field}:link": listing.link or ""})
+        COMMENT_CACHE.fill(key, seen[1], {field: listing.body, f"{field}:link": listing.link or ""})
     return listing

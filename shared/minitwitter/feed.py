@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from . import cache, db, errors, metrics, posts, versioned_cache
+from .invalidation import PUBLIC_CACHE, PUBLIC_KEY
 from .pagination import Listing, Page, link_header, window
 from .worklist import WorkList
 
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 FEED_MAX_ITEMS = 400
 #: Bounds how long a feed can miss writes made while Redis was unreachable (then it is rebuilt).
 FEED_TTL = 900
-PUBLIC_KEY = "tl:public"
-PUBLIC_CACHE = versioned_cache.VersionedCache("public_timeline", 300)
 LABELS = ("positive", "neutral", "negative")
 QUERY_MAX = 200
 FAN_OUT_QUEUE = "default"

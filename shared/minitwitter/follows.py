@@ -15,7 +15,7 @@ import importlib
 import logging
 from typing import Any
 
-from . import db, errors, users
+from . import db, errors, invalidation, users
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def follow(follower_id: int, username: str) -> dict[str, Any]:
     # A concurrently deleted target is a foreign-key violation, which db maps to NotFound.
     db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:f, :t) ON CONFLICT DO NOTHING",
            f=follower_id, t=target_id)
-    users.invalidate_accounts(follower_id, target_id)  # their counts
+    invalidation.invalidate_accounts(follower_id, target_id)  # their counts
     _notify_feed("on_follow", follower_id, target_id)
     return relationship(follower_id, target_id, name)
 
@@ -57,7 +57,7 @@ def unfollow(follower_id: int, username: str) -> dict[str, Any]:
     target_id, name = _target(follower_id, username)
     db.run("DELETE FROM follows WHERE follower_id = :f AND followee_id = :t",
            f=follower_id, t=target_id)
-    users.invalidate_accounts(follower_id, target_id)
+    invalidation.invalidate_accounts(follower_id, target_id)
     _notify_feed("on_unfollow", follower_id, target_id)
     return relationship(follower_id, target_id, name)
 

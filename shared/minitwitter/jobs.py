@@ -41,7 +41,7 @@ from typing import Any
 import redis
 from rq import Queue
 
-from . import cache, db, errors, logs, metrics, sentiment
+from . import cache, db, errors, invalidation, logs, metrics, sentiment
 from .config import Config, get_config
 from .sentiment import Backend, BackendError, Verdict
 from .worklist import WorkList
@@ -414,15 +414,13 @@ def _record_failures(bad: list[tuple[Item, BackendError]], backend: Backend, cfg
 def _invalidate(items: list[Item], post_authors: set[int]) -> None:
     """Drop the caches that show the items, and the account views (sentiment summaries) of
     ``post_authors``: one batch call per kind, not one per item."""
-    from . import comments, posts  # imported here: both modules enqueue jobs through this one
-
     post_ids = [i.id for i in items if i.kind == "post"]
     comment_ids = [(i.post_id, i.id) for i in items if i.kind == "comment"]
     try:
         if post_ids:
-            posts.invalidate_posts(post_ids, post_authors)
+            invalidation.invalidate_posts(post_ids, post_authors)
         if comment_ids:
-            comments.invalidate_comments(comment_ids)
+            invalidation.invalidate_comments(comment_ids)
     except Exception:
         # A stale cache entry expires on its own; the verdict itself is stored.
         log.warning("cache invalidation failed", exc_info=True)

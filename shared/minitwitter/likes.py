@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import db, errors, posts
+from . import db, errors, invalidation, posts
 
 
 def like(user_id: int, post_id: int) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def like(user_id: int, post_id: int) -> dict[str, Any]:
     except errors.NotFound:
         raise errors.NotFound("post not found") from None
     if changed:
-        posts.invalidate_post(post_id)
+        invalidation.invalidate_post(post_id)
     return posts.get(post_id, user_id)
 
 
@@ -30,5 +30,5 @@ def unlike(user_id: int, post_id: int) -> dict[str, Any]:
     changed = db.run("DELETE FROM likes WHERE post_id = :p AND user_id = :u RETURNING post_id",
                      p=post_id, u=user_id)
     if changed:
-        posts.invalidate_post(post_id)
+        invalidation.invalidate_post(post_id)
     return posts.get(post_id, user_id)

@@ -1,8 +1,9 @@
 """Posts: create (idempotent), read (cached), edit, delete, and the API shape shared by all lists.
 
 PostgreSQL is the source of truth. A post object (without the viewer's ``liked``) is cached in
-Redis under ``post:<id>`` by a :class:`~versioned_cache.VersionedCache`, so a slow reader can
-never put back a value older than a write; get-post reads one, a home-timeline page reads its
+Redis under ``post:<id>`` (:data:`invalidation.POST_CACHE`, a
+:class:`~versioned_cache.VersionedCache`), so a slow reader can never put back a value older
+than a write; get-post reads one, a home-timeline page reads its
 posts all at once (:func:`fetch_cached`). When Redis is down every read goes to PostgreSQL.
 
 A write commits first and then, outside the transaction, invalidates caches, pushes the post into
@@ -18,24 +19,21 @@ answers **200** with the original post and ``Idempotent-Replayed: true``, and cr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from . import cache, db, errors, metrics, versioned_cache
+from . import cache, db, errors, invalidation, metrics, versioned_cache
+from .invalidation import POST_CACHE, post_key
 from .jsonshape import ident, iso
 from .validation import Str, fields
-from .versioned_cache import VersionedCache
 
 log = logging.getLogger(__name__)
 
 MAX_POST_LENGTH = 280
-POST_CACHE_TTL = 300
 IDEMPOTENCY_TTL = "24 hours"
 IDEMPOTENCY_KEY_MAX = 255
-#: Cache entries invalidated per Redis round trip by :func:`invalidate_author_name`.
-INVALIDATION_CHUNK = 500
 CONTENT = Str(min=1, max=MAX_POST_LENGTH)
 CALLBACK = Str(min=1, max=2048, required=False)
 WRITE_SCHEMA = {"content": CONTENT, "callback_url": CALLBACK}
@@ -73,13 +71,6 @@ def post_json(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-POST_CACHE = VersionedCache("post", POST_CACHE_TTL)
-
-
-def _post_key(post_id: int) -> str:
-    return f"post:{post_id}"
-
-
 # --- reads ---------------------------------------------------------------------------------
 
 def fetch(ids: Sequence[int], viewer: int | None) -> list[dict[str, Any]]:
@@ -111,7 +102,7 @@ def fetch_cached(ids: Sequence[int], viewer: int | None) -> list[dict[str, Any]]
     if not ids:
         return []
     versioned_cache.replay_repairs()
-    keys = [_post_key(i) for i in ids]
+    keys = [post_key(i) for i in ids]
     raw: list[Any] | None = cache.soft(lambda r: _READ_POSTS(r, keys, []), None)
     if raw is None:
         return fetch(ids, viewer)
@@ -127,7 +118,7 @@ def fetch_cached(ids: Sequence[int], viewer: int | None) -> list[dict[str, Any]]
     if missing:
         metrics.child(metrics.CACHE_REQUESTS, POST_CACHE.name, "miss").inc(len(missing))
         loaded = fetch(list(missing), None)
-        POST_CACHE.fill_many([(_post_key(int(post["id"])), missing[int(post["id"])],
+        POST_CACHE.fill_many([(post_key(int(post["id"])), missing[int(post["id"])],
                                {"d": orjson.dumps(post)}) for post in loaded])
         found.update((int(post["id"]), post) for post in loaded)
     liked = liked_ids(viewer, ids)
@@ -155,54 +146,11 @@ def get(post_id: int, viewer: int | None = None) -> dict[str, Any]:
         row = db.one(f"SELECT {COLUMNS} {FROM} WHERE p.id = :id", id=post_id, viewer=None)
         return None if row is None else post_json(row)
 
-    post: dict[str, Any] | None = POST_CACHE.read_through(_post_key(post_id), load)
+    post: dict[str, Any] | None = POST_CACHE.read_through(post_key(post_id), load)
     if post is None:
         raise errors.NotFound("post not found")
     post["liked"] = post_id in liked_ids(viewer, [post_id])
     return post
-
-
-def invalidate_post(post_id: int, author_id: int | None = None) -> None:
-    """Drop every cached copy of the post (object, counts, first timeline pages holding it) and,
-    when the write changed what its author's profile shows, the author's account view.
-
-    Every write here calls it; the sentiment worker uses the batch form below.
-    """
-    invalidate_posts([post_id], [] if author_id is None else [author_id])
-
-
-def invalidate_posts(post_ids: Iterable[int], author_ids: Iterable[int] = ()) -> None:
-    """:func:`invalidate_post` for many posts: one Redis round trip for every entry."""
-    from . import feed, users
-
-    entries = [(POST_CACHE, _post_key(post_id)) for post_id in post_ids]
-    if not entries:
-        return
-    entries.append((feed.PUBLIC_CACHE, feed.PUBLIC_KEY))
-    entries += [(users.ACCOUNT_CACHE, users.account_key(a)) for a in sorted(set(author_ids))]
-    versioned_cache.bump_all(entries)
-
-
-def invalidate_author_name(author_id: int) -> None:
-    """Drop every cached view that shows the author's display name, after a profile edit changed
-    it: the author's post objects, the public timeline's first pages, the comment pages of posts
-    the author commented on, and the account view.
-
-    Every entry is bumped, cached or not (a bump also refuses the fill of a reader that queried
-    before the change): one per post of the author and per post commented on, which a rare
-    write can afford. They go :data:`INVALIDATION_CHUNK` per round trip, so a prolific author's
-    rename is many modest writes rather than one that could outlast the Redis timeout.
-    """
-    from . import comments, feed, users
-
-    entries = [(feed.PUBLIC_CACHE, feed.PUBLIC_KEY), (users.ACCOUNT_CACHE, users.account_key(author_id))]
-    entries += [(POST_CACHE, _post_key(row[0]))
-                for row in db.run("SELECT id FROM posts WHERE author_id = :a", a=author_id)]
-    entries += [(comments.COMMENT_CACHE, comments.page_key(row[0]))
-                for row in db.run("SELECT DISTINCT post_id FROM comments WHERE author_id = :a", a=author_id)]
-    for start in range(0, len(entries), INVALIDATION_CHUNK):
-        versioned_cache.bump_all(entries[start:start + INVALIDATION_CHUNK])
-        cache.flush_deferred()
 
 
 # --- writes --------------------------------------------------------------------------------
@@ -334,7 +282,7 @@ def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None 
     metrics.POSTS_CREATED.inc()
     from . import feed
 
-    invalidate_post(post_id, author_id)  # the public first pages and the author's posts_count
+    invalidation.invalidate_post(post_id, author_id)  # the public first pages and the author's posts_count
     feed.on_post_created(post_id, author_id)
     enqueue_sentiment("post", post_id, 1, call_id)
     return post_json(inserted[-1]), True
@@ -360,7 +308,7 @@ def update(author_id: int, post_id: int, body: dict[str, Any], *, callback_heade
         if version is None:
             raise errors.NotFound("post not found")
         register_callback("post", post_id, int(version), url, call_id)
-    invalidate_post(post_id, author_id)
+    invalidation.invalidate_post(post_id, author_id)
     enqueue_sentiment("post", post_id, int(version), call_id)
     return get(post_id, author_id)
 
@@ -372,8 +320,8 @@ def delete(author_id: int, post_id: int) -> None:
                             id=post_id, a=author_id)
         if deleted is None:
             raise errors.NotFound("post not found")
-    invalidate_post(post_id, author_id)
-    from . import comments, feed
+    invalidation.invalidate_post(post_id, author_id)
+    from . import feed
 
-    comments.invalidate_comment(post_id, 0)  # its comment pages must now answer 404
+    invalidation.invalidate_comment(post_id, 0)  # its comment pages must now answer 404
     feed.on_post_deleted(post_id, author_id)

@@ -9,11 +9,11 @@ form which input to fix.
 An account is one primary-key (or unique-index) lookup that returns the trigger-maintained
 counters, the viewer's relationship and the sentiment summary of the latest
 :data:`SENTIMENT_WINDOW` posts in a single round trip. The anonymous view (no relationship) is
-cached in Redis by a :class:`~versioned_cache.VersionedCache` under ``user:<id>``, bumped after
-every write that changes what it shows: a post created, edited or deleted and a sentiment verdict
-(:func:`posts.invalidate_posts` with the authors), a follow or unfollow (both accounts), a profile
-edit (a new display name also reaches every cached post and comment page that shows it:
-:func:`posts.invalidate_author_name`). Usernames never change and accounts are never deleted, so
+cached in Redis under ``user:<id>`` (:data:`invalidation.ACCOUNT_CACHE`), bumped after every
+write that changes what it shows: a post created, edited or deleted and a sentiment verdict
+(:func:`invalidation.invalidate_posts` with the authors), a follow or unfollow (both accounts), a
+profile edit (a new display name also reaches every cached post and comment page that shows it:
+:func:`invalidation.invalidate_author_name`). Usernames never change and accounts are never deleted, so
 the name -> id lookup is cached without invalidation. A viewer's own view (``/me``, or any account
 seen with a token) is always read from PostgreSQL. The token version is cached in :mod:`auth`; a
 password change writes the new one through. The password hash never leaves this module:
@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import auth, cache, db, errors, ratelimit
+from . import auth, cache, db, errors, invalidation, ratelimit
 from .config import get_config
 from .jsonshape import iso
 from .validation import Str, fields, require_some
-from .versioned_cache import VersionedCache
 
 USERNAME_PATTERN = r"[a-z0-9_]{3,30}"
 USERNAME_MIN, USERNAME_MAX = 3, 30
@@ -40,8 +39,7 @@ SENTIMENT_WINDOW = 50
 # get-user's ``/me`` and ``/id/<id>`` cannot collide with an account: both are shorter than
 # USERNAME_MIN, so no name needs reserving.
 LABELS = ("positive", "neutral", "negative")
-#: The anonymous account views (see the module docstring) and the cached name -> id lookups.
-ACCOUNT_CACHE = VersionedCache("account", 300)
+#: How long a cached name -> id lookup lives (see the module docstring).
 NAME_TTL = 24 * 3600
 #: How long an address an account logged in from stays exempt from its failed-login refusals.
 KNOWN_CLIENT_TTL = 30 * 24 * 3600
@@ -122,15 +120,6 @@ def account_json(row: list[Any]) -> dict[str, Any]:
     }
 
 
-def account_key(account_id: int) -> str:
-    return f"user:{account_id}"
-
-
-def invalidate_accounts(*account_ids: int) -> None:
-    """Drop the cached views of ``account_ids`` (after a committed write that changed them)."""
-    ACCOUNT_CACHE.bump(*[account_key(a) for a in sorted(set(account_ids))])
-
-
 def get_by_id(account_id: int, viewer_id: int | None = None) -> dict[str, Any]:
     """The account with id ``account_id`` as ``viewer_id`` sees it; NotFound when absent."""
     if viewer_id is None:
@@ -138,7 +127,8 @@ def get_by_id(account_id: int, viewer_id: int | None = None) -> dict[str, Any]:
             row = db.one(_BY_ID, id=account_id, viewer=None, window=SENTIMENT_WINDOW)
             return None if row is None else account_json(row)
 
-        account: dict[str, Any] | None = ACCOUNT_CACHE.read_through(account_key(account_id), load)
+        account: dict[str, Any] | None = invalidation.ACCOUNT_CACHE.read_through(
+            invalidation.account_key(account_id), load)
         if account is None:
             raise errors.NotFound("account not found")
         return account
@@ -261,9 +251,7 @@ def update(account_id: int, body: dict[str, Any]) -> dict[str, Any]:
     if new_hash is not None:
         auth.forget_token_version(account_id, int(row[0]))
     if data.get("display_name") is not None:
-        from . import posts
-
-        posts.invalidate_author_name(account_id)  # the account view included
+        invalidation.invalidate_author_name(account_id)  # the account view included
     else:
-        invalidate_accounts(account_id)
+        invalidation.invalidate_accounts(account_id)
     return get_by_id(account_id, account_id)
