@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from minitwitter import cache, db, feed, invalidation, versioned_cache
+from minitwitter import cache, db, homefeed, invalidation, versioned_cache
 from tests.api import Account, Api
 from tests.conftest import record_redis_writes
 from tests.test_posts import create, ids_of
@@ -253,7 +253,6 @@ def test_batched_invalidation_is_one_write_and_survives_a_script_flush(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """A post write bumps the post, the public first pages and the author's view together: one
     write on the connection, and a Redis that lost its scripts (NOSCRIPT) still gets them all."""
-
     alice = api.account("alice")
     post = create(api, alice, "bumped")
     keys = [invalidation.post_key(int(post["id"])), invalidation.PUBLIC_KEY, invalidation.account_key(int(alice.id))]
@@ -278,24 +277,24 @@ def test_create_post_sends_its_post_commit_writes_in_one_round_trip(
     alice, bob = api.account("alice"), api.account("bob")
     follow(api, bob, alice)
     first = create(api, alice, "loads the scripts")  # into a Redis an earlier test flushed
-    cache.client().delete(feed.FAN_OUT_TODO, jobs.TODO_KEY)
+    cache.client().delete(homefeed.FAN_OUT_TODO, jobs.TODO_KEY)
     assert home(api, alice) == [int(first["id"])]  # alice's home feed is now cached
     assert api.call("get-user", "GET", "/alice").json["posts_count"] == 1  # her view too
     writes = record_redis_writes(monkeypatch)
     post = create(api, alice, "one trip")
     monkeypatch.undo()
 
-    scripts = [versioned_cache._BUMP.sha, feed._PUSH.sha, jobs.TODO_LIST.script.sha]
-    marks = [s.encode() for s in scripts] + [feed.FAN_OUT_TODO.encode()]
+    scripts = [versioned_cache._BUMP.sha, homefeed._PUSH.sha, jobs.TODO_LIST.script.sha]
+    marks = [s.encode() for s in scripts] + [homefeed.FAN_OUT_TODO.encode()]
     carrying = [w for w in writes if any(m in w for m in marks)]
     assert len(carrying) == 1
-    assert all(s.encode() in carrying[0] for s in scripts) and feed.FAN_OUT_TODO.encode() in carrying[0]
+    assert all(s.encode() in carrying[0] for s in scripts) and homefeed.FAN_OUT_TODO.encode() in carrying[0]
     assert carrying[0].count(versioned_cache._BUMP.sha.encode()) == 3  # post, public page, alice
     # ... and all of it is there for the next reads (no worker runs in this test).
     assert home(api, alice) == [int(post["id"]), int(first["id"])]
     assert api.call("get-user", "GET", "/alice").json["posts_count"] == 2
     assert in_list(api.call("list-posts", "GET", "/").json, post["id"]) is not None
-    assert cache.client().lrange(feed.FAN_OUT_TODO, 0, -1) == [f"add:{post['id']}:{alice.id}".encode()]
+    assert cache.client().lrange(homefeed.FAN_OUT_TODO, 0, -1) == [f"add:{post['id']}:{alice.id}".encode()]
     queued = [jobs.parse_token(t) for t in cache.client().lrange(jobs.TODO_KEY, 0, -1)]
     assert [(i.kind, i.id, i.version) for i in queued if i] == [("post", int(post["id"]), 1)]
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rq import Queue, SimpleWorker
 
-from minitwitter import cache, db, feed
+from minitwitter import cache, db, homefeed
 from tests.api import Account, Api
 from tests.conftest import writing_meanwhile
 from tests.test_posts import assert_clean_error, create, ids_of, seed, walk_pages
@@ -17,7 +17,7 @@ from tests.test_posts import assert_clean_error, create, ids_of, seed, walk_page
 def run_fan_out() -> None:
     """Run the queued fan-out jobs with a real RQ worker, in-process."""
     conn = cache.client()
-    SimpleWorker([Queue(feed.FAN_OUT_QUEUE, connection=conn)], connection=conn).work(
+    SimpleWorker([Queue(homefeed.FAN_OUT_QUEUE, connection=conn)], connection=conn).work(
         burst=True, logging_level="WARNING")
 
 
@@ -26,7 +26,7 @@ def home(api: Api, account: Account, **query: Any) -> list[int]:
 
 
 def members(account: Account) -> list[int]:
-    raw = cache.client().zrevrange(feed.home_key(int(account.id)), 0, -1)
+    raw = cache.client().zrevrange(homefeed.home_key(int(account.id)), 0, -1)
     return [int(m) for m in raw if m != b"0"]
 
 
@@ -57,7 +57,7 @@ def test_fan_out_job_fills_followers_feeds_and_own_post_is_immediate(api: Api) -
     # read-your-writes: the author sees it before any job ran
     assert home(api, alice) == [post]
     assert members(bob) == []  # the follower's feed waits for the fan-out job
-    assert Queue(feed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
+    assert Queue(homefeed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
     run_fan_out()
     assert members(bob) == [post]
     assert home(api, bob) == [post]
@@ -74,15 +74,15 @@ def test_one_drain_job_applies_many_fan_outs_in_queue_order(api: Api) -> None:
     made = [int(create(api, author, f"post {i}")["id"]) for i, author in enumerate([alice, bob, alice, bob])]
     gone = int(create(api, alice, "deleted before the fan-out")["id"])
     assert api.call("delete-post", "DELETE", f"/{gone}", token=alice.token).status_code == 204
-    assert cache.client().llen(feed.FAN_OUT_TODO) == 6  # 5 adds, 1 delete
-    assert Queue(feed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
+    assert cache.client().llen(homefeed.FAN_OUT_TODO) == 6  # 5 adds, 1 delete
+    assert Queue(homefeed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
     run_fan_out()
-    assert cache.client().llen(feed.FAN_OUT_TODO) == 0
+    assert cache.client().llen(homefeed.FAN_OUT_TODO) == 0
     assert members(carol) == sorted(made, reverse=True)
     # The job ended with the list empty and cleared its mark: the next post queues a new one.
-    assert not cache.client().exists(feed.FAN_OUT_LIST.mark_key)
+    assert not cache.client().exists(homefeed.FAN_OUT_LIST.mark_key)
     later = int(create(api, bob, "after the drain")["id"])
-    assert Queue(feed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
+    assert Queue(homefeed.FAN_OUT_QUEUE, connection=cache.client()).count == 1
     run_fan_out()
     assert members(carol)[0] == later
 
@@ -95,7 +95,7 @@ def test_reconciler_restarts_a_lost_fan_out_drain(api: Api) -> None:
     follow(api, bob, alice)
     home(api, bob)
     post = int(create(api, alice, "fan me out")["id"])
-    Queue(feed.FAN_OUT_QUEUE, connection=cache.client()).empty()  # the drain job is lost
+    Queue(homefeed.FAN_OUT_QUEUE, connection=cache.client()).empty()  # the drain job is lost
     assert members(bob) == []
     jobs.reconcile()
     run_fan_out()
@@ -106,14 +106,14 @@ def test_missing_feed_is_rebuilt_from_postgres(api: Api) -> None:
     alice, bob = api.account("alice"), api.account("bob")
     follow(api, bob, alice)
     posts = seed(int(alice.id), 5) + seed(int(bob.id), 2)
-    cache.client().delete(feed.home_key(int(bob.id)))
+    cache.client().delete(homefeed.home_key(int(bob.id)))
     assert home(api, bob) == sorted(posts, reverse=True)
     assert members(bob) == sorted(posts, reverse=True)
-    assert cache.client().ttl(feed.home_key(int(bob.id))) > 0
+    assert cache.client().ttl(homefeed.home_key(int(bob.id))) > 0
     # an account with nothing to show still gets a (sentinel-only) feed, not a rebuild per read
     carol = api.account("carol")
     assert home(api, carol) == []
-    assert cache.client().exists(feed.home_key(int(carol.id)))
+    assert cache.client().exists(homefeed.home_key(int(carol.id)))
 
 
 def test_follow_merges_and_unfollow_prunes_at_once(api: Api) -> None:
@@ -144,7 +144,7 @@ def test_delete_removes_the_post_from_feeds(api: Api) -> None:
 
 
 def test_home_pagination_and_trimmed_feed_falls_back_to_postgres(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(feed, "FEED_MAX_ITEMS", 10)
+    monkeypatch.setattr(homefeed, "FEED_MAX_ITEMS", 10)
     alice, bob = api.account("alice"), api.account("bob")
     follow(api, bob, alice)
     posts = sorted(seed(int(alice.id), 18) + seed(int(bob.id), 5), reverse=True)

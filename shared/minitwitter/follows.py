@@ -3,19 +3,18 @@
 ``follow`` inserts with ``ON CONFLICT DO NOTHING`` and ``unfollow`` deletes, so repeating either
 returns 200 with the same state. The follower/following counters are kept by the ``follows``
 trigger in the same transaction. After the write both accounts' cached views are bumped (every
-time, repeats included, so a retry repairs a bump Redis missed) and the home-timeline cache is
-told through ``minitwitter.feed.on_follow`` / ``on_unfollow`` when that module provides them (it is imported
-lazily and its absence or failure never fails the write: Redis is only a cache, and the feed
-rebuilds from PostgreSQL).
+time, repeats included, so a retry repairs a bump Redis missed) and the home feeds are told
+through :func:`homefeed.on_follow` / :func:`homefeed.on_unfollow`, whose failure never fails the
+write: Redis is only a cache, and a feed rebuilds from PostgreSQL.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from . import db, errors, invalidation, users
+from . import db, errors, homefeed, invalidation, users
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def follow(follower_id: int, username: str) -> dict[str, Any]:
     db.run("INSERT INTO follows (follower_id, followee_id) VALUES (:f, :t) ON CONFLICT DO NOTHING",
            f=follower_id, t=target_id)
     invalidation.invalidate_accounts(follower_id, target_id)  # their counts
-    _notify_feed("on_follow", follower_id, target_id)
+    _notify_feed(homefeed.on_follow, follower_id, target_id)
     return relationship(follower_id, target_id, name)
 
 
@@ -58,27 +57,18 @@ def unfollow(follower_id: int, username: str) -> dict[str, Any]:
     db.run("DELETE FROM follows WHERE follower_id = :f AND followee_id = :t",
            f=follower_id, t=target_id)
     invalidation.invalidate_accounts(follower_id, target_id)
-    _notify_feed("on_unfollow", follower_id, target_id)
+    _notify_feed(homefeed.on_unfollow, follower_id, target_id)
     return relationship(follower_id, target_id, name)
 
 
-def _notify_feed(hook: str, follower_id: int, followee_id: int) -> None:
-    """Call ``feed.<hook>`` if the feed module defines it; never fail the committed write.
+def _notify_feed(hook: Callable[[int, int], None], follower_id: int, followee_id: int) -> None:
+    """Call the home feeds' ``hook``; never fail the committed write.
 
     Called on every request, repeats included, so a retry repairs a merge that a Redis outage
     made fail the first time.
     """
     try:
-        feed = importlib.import_module(f"{__package__}.feed")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.feed":  # the module exists but is broken
-            log.exception("feed module failed to import")
-        return
-    function = getattr(feed, hook, None)
-    if function is None:
-        return
-    try:
-        function(follower_id, followee_id)
+        hook(follower_id, followee_id)
     except Exception:  # the follow is committed; the feed is only a cache
         log.warning("feed update failed", exc_info=True,
-                    extra={"hook": hook, "follower_id": follower_id, "followee_id": followee_id})
+                    extra={"hook": hook.__name__, "follower_id": follower_id, "followee_id": followee_id})

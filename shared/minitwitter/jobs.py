@@ -41,7 +41,7 @@ from typing import Any
 import redis
 from rq import Queue
 
-from . import cache, db, errors, invalidation, logs, metrics, sentiment
+from . import cache, db, errors, homefeed, invalidation, logs, metrics, sentiment
 from .config import Config, get_config
 from .sentiment import Backend, BackendError, Verdict
 from .worklist import WorkList
@@ -440,10 +440,8 @@ def reconcile(config: Config | None = None) -> dict[str, int]:
     r = cache.client(cfg)
     if r.llen(TODO_KEY):
         _enqueue_drain(cfg)  # the drain job of a killed worker is gone; start a new one
-    from . import feed
-
-    if r.llen(feed.FAN_OUT_TODO):
-        feed.kick_fan_out(r)  # likewise for home-feed fan-outs
+    if r.llen(homefeed.FAN_OUT_TODO):
+        homefeed.kick_fan_out(r)  # likewise for home-feed fan-outs
     counts["callbacks"] = callbacks.requeue_overdue(cfg)
     if any(counts.values()):
         log.info("reconciled", extra=counts)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from . import cache, db, errors, invalidation, metrics, versioned_cache
+from . import cache, db, errors, homefeed, invalidation, metrics, versioned_cache
 from .invalidation import POST_CACHE, post_key
 from .jsonshape import ident, iso
 from .validation import Str, fields
@@ -280,10 +280,8 @@ def create(author_id: int, body: dict[str, Any], *, idempotency_key: str | None 
             raise errors.Conflict("the post created with this Idempotency-Key has been deleted",
                                   {"Idempotency-Key": ["was used for a post that no longer exists"]}) from None
     metrics.POSTS_CREATED.inc()
-    from . import feed
-
     invalidation.invalidate_post(post_id, author_id)  # the public first pages and the author's posts_count
-    feed.on_post_created(post_id, author_id)
+    homefeed.on_post_created(post_id, author_id)
     enqueue_sentiment("post", post_id, 1, call_id)
     return post_json(inserted[-1]), True
 
@@ -321,7 +319,5 @@ def delete(author_id: int, post_id: int) -> None:
         if deleted is None:
             raise errors.NotFound("post not found")
     invalidation.invalidate_post(post_id, author_id)
-    from . import feed
-
     invalidation.invalidate_comment(post_id, 0)  # its comment pages must now answer 404
-    feed.on_post_deleted(post_id, author_id)
+    homefeed.on_post_deleted(post_id, author_id)
