@@ -8,7 +8,7 @@
   (61 s). RQ's own arrangement (a scheduler process forked by a worker, restarted by the
   worker's maintenance every 10 minutes) left scheduled retries stuck for ~10 minutes after a
   Redis restart.
-- **The reconciler** (:func:`minitwitter.jobs.reconcile`) every ``RECONCILE_INTERVAL`` seconds,
+- **The reconciler** (:func:`minitwitter.verdicts.reconcile`) every ``RECONCILE_INTERVAL`` seconds,
   and at once when Redis answers again after an outage: items left pending re-enqueued, overdue
   callbacks re-queued.
 - **Log retention**, and with ``WORKER_METRICS_PORT`` the workers' ``/metrics`` endpoint.
@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from rq.scheduler import RQScheduler
 
-from minitwitter import cache, errors, logs
+from minitwitter import cache, errors, logs, verdicts
 from minitwitter.config import Config
 
 log = logging.getLogger("minitwitter.scheduler")
@@ -99,16 +99,14 @@ class Scheduler:
     def reconcile_when_due(self, *, force: bool = False) -> None:
         """The reconciler, every ``RECONCILE_INTERVAL`` by one scheduler among the replicas (a
         Redis lock), or now when ``force``."""
-        from minitwitter import jobs
-
         now = time.monotonic()
         if not force and now < self._next_reconcile:
             return
         interval = max(1, self.config.reconcile_interval)
         self._next_reconcile = now + interval
-        if force or cache.client(self.config).set(jobs.RECONCILE_LOCK, self.owner, nx=True,
+        if force or cache.client(self.config).set(verdicts.RECONCILE_LOCK, self.owner, nx=True,
                                                   px=int(interval * 900)):
-            jobs.reconcile(self.config)
+            verdicts.reconcile(self.config)
 
     def release(self) -> None:
         """Give the queues' locks back, so another scheduler can take them at once."""

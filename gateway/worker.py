@@ -26,7 +26,7 @@ from collections.abc import Callable
 import redis
 from rq import SimpleWorker
 
-from minitwitter import cache, logs, logstore, metrics
+from minitwitter import cache, logs, logstore, metrics, verdicts
 from minitwitter.config import Config, get_config
 from minitwitter.runtime import freeze_loaded_objects, preload_library
 
@@ -90,12 +90,8 @@ def run_worker(burst: bool = False) -> None:
 
 
 def on_worker_start(worker: SimpleWorker) -> None:
-    """The sentiment pipeline's start-up hook, where it is installed."""
-    try:
-        from minitwitter import jobs
-    except ImportError:
-        return
-    jobs.on_worker_start(worker)
+    """The sentiment pipeline's start-up hook."""
+    verdicts.on_worker_start(worker)
 
 
 def wait_for_redis() -> None:

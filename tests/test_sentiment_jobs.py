@@ -10,7 +10,7 @@ import pg8000.native
 import pytest
 from rq import Queue, SimpleWorker
 
-from minitwitter import cache, db, jobs, metrics
+from minitwitter import cache, db, jobs, metrics, verdicts
 from minitwitter.config import Config, set_config
 from minitwitter.worklist import WorkList
 from tests.fake_ollama import FakeOllama
@@ -139,7 +139,7 @@ def test_a_failed_drain_job_clears_its_mark(monkeypatch: pytest.MonkeyPatch, con
     def broken(*_args: Any) -> int:
         raise RuntimeError("worker bug")
 
-    monkeypatch.setattr(jobs, "process_batch", broken)
+    monkeypatch.setattr(verdicts, "process_batch", broken)
     run_worker()
     assert not cache.client().exists(jobs.TODO_LIST.mark_key)  # the next item starts a new job
     monkeypatch.undo()
@@ -156,7 +156,7 @@ def test_reconciler_starts_a_drain_behind_a_dead_jobs_mark(config: Config) -> No
     post = make_post(make_user(), "good morning")
     jobs.enqueue_sentiment("post", post, 1)
     assert sentiment_jobs() == 0
-    jobs.reconcile(config)
+    verdicts.reconcile(config)
     assert sentiment_jobs() == 1
     run_worker()
     assert sentiment_row("post", post)["status"] == "done"
@@ -320,9 +320,9 @@ def test_reconciler_requeues_forgotten_and_due_items(config: Config) -> None:
     db.run("UPDATE posts SET updated_at = now() - interval '1 minute' WHERE id = :id", id=old)
     db.run("UPDATE posts SET sentiment_status = 'failed', sentiment_attempts = 5,"
            " sentiment_next_at = now() - interval '1 second' WHERE id = :id", id=failed)
-    counts = jobs.reconcile(cfg)
+    counts = verdicts.reconcile(cfg)
     assert counts["post"] == 2
-    assert jobs.reconcile(cfg)["post"] == 0  # already queued: no duplicates
+    assert verdicts.reconcile(cfg)["post"] == 0  # already queued: no duplicates
     run_worker()
     assert sentiment_row("post", old)["status"] == "done"
     assert sentiment_row("post", fresh)["status"] == "pending"  # still within its grace period
@@ -340,11 +340,11 @@ def test_popped_items_lose_their_queued_mark_in_the_same_step(config: Config) ->
         assert jobs.enqueue_sentiment("post", post, 1)
     r = cache.client()
     assert all(r.exists(f"{jobs.QUEUED_PREFIX}post:{p}:1") for p in posts)
-    taken = jobs.pop_items(r, 2)  # ...and the worker that took them dies here
+    taken = verdicts.pop_items(r, 2)  # ...and the worker that took them dies here
     assert taken == [f"post:{p}:1:".encode() for p in posts[:2]]
     assert [r.exists(f"{jobs.QUEUED_PREFIX}post:{p}:1") for p in posts] == [0, 0, 1]
     db.run("UPDATE posts SET updated_at = now() - interval '1 minute'")
-    assert jobs.reconcile(cfg)["post"] == 2  # the two lost ones; the third is still queued
+    assert verdicts.reconcile(cfg)["post"] == 2  # the two lost ones; the third is still queued
     run_worker()
     assert all(sentiment_row("post", p)["status"] == "done" for p in posts)
 

@@ -89,7 +89,7 @@ def test_one_drain_job_applies_many_fan_outs_in_queue_order(api: Api) -> None:
 
 def test_reconciler_restarts_a_lost_fan_out_drain(api: Api) -> None:
     """Items left in the list without a drain job (its worker died) are picked up again."""
-    from minitwitter import jobs
+    from minitwitter import verdicts
 
     alice, bob = api.account("alice"), api.account("bob")
     follow(api, bob, alice)
@@ -97,7 +97,7 @@ def test_reconciler_restarts_a_lost_fan_out_drain(api: Api) -> None:
     post = int(create(api, alice, "fan me out")["id"])
     Queue(homefeed.FAN_OUT_QUEUE, connection=cache.client()).empty()  # the drain job is lost
     assert members(bob) == []
-    jobs.reconcile()
+    verdicts.reconcile()
     run_fan_out()
     assert members(bob) == [post]
 

@@ -49,7 +49,6 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import orjson
 import redis
 from rq import Queue
@@ -170,6 +169,8 @@ def backoff(attempts: int, cfg: Config) -> float:
 
 def deliver(delivery_id: int) -> str:
     """RQ job: one delivery attempt; records the outcome and schedules the next attempt."""
+    import httpx  # here, not at the top: see netguard.post (only deliveries need it)
+
     cfg = get_config()
     lease = cfg.callback_timeout + 10
     row = db.one(

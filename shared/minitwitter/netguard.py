@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
-
 from . import errors
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -109,6 +107,10 @@ class Delivery:
 def post(url: str, body: bytes, headers: dict[str, str], *, allow_hosts: tuple[str, ...],
          timeout: float, max_response_bytes: int) -> Delivery:
     """POST ``body`` to a guarded URL; raises CallbackRefused or httpx errors."""
+    # Imported here: httpx costs ~5 MiB and ~70 ms to import, and the API's functions load this
+    # module (through posts and comments) only to check a callback URL, never to send one.
+    import httpx
+
     target = resolve(url, allow_hosts)
     parts = urlsplit(url)
     ip = target.address

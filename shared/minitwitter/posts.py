@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from . import cache, db, errors, homefeed, invalidation, metrics, versioned_cache
+from . import cache, callbacks, db, errors, homefeed, invalidation, jobs, metrics, versioned_cache
 from .invalidation import POST_CACHE, post_key
 from .jsonshape import ident, iso
 from .validation import Str, fields
@@ -175,8 +175,6 @@ def callback_url(body: dict[str, Any], header: str | None) -> str | None:
     url = url or header
     if not url:
         return None
-    from . import callbacks
-
     try:
         checked = callbacks.validate_url(url)
     except errors.ValidationFailed as exc:
@@ -233,16 +231,12 @@ def idempotent_create(user_id: int, scope: str, key: str | None,
 def register_callback(kind: str, item_id: int, version: int, url: str | None, call_id: str | None) -> None:
     """Record the callback URL for this item version (call inside the write's transaction)."""
     if url:
-        from . import callbacks
-
         callbacks.register(kind, item_id, version, url, call_id)
 
 
 def enqueue_sentiment(kind: str, item_id: int, version: int, call_id: str | None) -> None:
     """Queue the analysis after commit; a failure is logged, never raised (the reconciler retries)."""
     try:
-        from . import jobs
-
         jobs.enqueue_sentiment(kind, item_id, version, call_id)
     except Exception:  # the item is committed as pending; nothing is lost
         log.warning("sentiment enqueue failed", exc_info=True,
