@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from minitwitter import backlog, errors, logstore, metrics
 from minitwitter.config import Config
 
+from . import queue_worker
+
 log = logging.getLogger("minitwitter.observability")
 
 
@@ -95,9 +97,7 @@ class LogPruner:
 def register_collectors(config: Config) -> None:
     """Scrape-time gauges for this process's /metrics: RQ queues, the sentiment backlog and the
     sentiment pipeline's work list (:mod:`minitwitter.backlog`)."""
-    from .worker import queue_names
-
-    backlog.register_collectors(queue_names(config))
+    backlog.register_collectors(queue_worker.queue_names(config))
 
 
 def check_worker_settings(config: Config) -> None:

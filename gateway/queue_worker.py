@@ -45,6 +45,15 @@ NOT_REPLAYED = HOP_BY_HOP | {"user-agent", "x-forwarded-for", "forwarded", "x-re
 CREDENTIALS = {"authorization", "proxy-authorization", "cookie"}
 #: Seconds an async request may wait in the queue (its job and its credentials expire then).
 PAYLOAD_TTL = 3600
+#: The queues every queue worker takes jobs from, in priority order: user-visible async calls
+#: first, then verdicts, then deliveries (and home-feed fan-outs).
+QUEUES = ("faas-request", "sentiment", "callbacks", "default")
+
+
+def queue_names(config: Config | None = None) -> list[str]:
+    """:data:`QUEUES` with the async invocations' queue named as configured (``ASYNC_QUEUE``)."""
+    cfg = config or get_config()
+    return [cfg.async_queue if q == "faas-request" else q for q in QUEUES]
 
 
 def queue(name: str, config: Config | None = None) -> Queue:

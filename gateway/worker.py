@@ -30,7 +30,7 @@ from minitwitter import cache, logs, logstore, metrics, verdicts
 from minitwitter.config import Config, get_config
 from minitwitter.runtime import freeze_loaded_objects, preload_library
 
-from . import observability, queue_worker, scheduler  # noqa: F401 - queue_worker: preloaded for the children
+from . import observability, scheduler
 from .processes import (
     QUEUE_JOB_GRACE,
     Child,
@@ -43,22 +43,16 @@ from .processes import (
     set_process_name,
     stop_on_signals_while_loading,
 )
+from .queue_worker import queue_names
 
 log = logging.getLogger("minitwitter.worker")
 
-#: Queues in priority order: user-visible async calls first, then verdicts, then deliveries.
-QUEUES = ("faas-request", "sentiment", "callbacks", "default")
 #: Seconds between checks whether Redis is back after a worker lost it.
 REDIS_RETRY_SECONDS = 0.5
 #: What ``ps -o comm`` shows for the supervisor's children.
 QUEUE_WORKER_NAME = "mt-queue-worker"
 SCHEDULER_NAME = "mt-scheduler"
 SUPERVISOR_NAME = "mt-worker-sup"
-
-
-def queue_names(config: Config | None = None) -> list[str]:
-    cfg = config or get_config()
-    return [cfg.async_queue if q == "faas-request" else q for q in QUEUES]
 
 
 def run_worker(burst: bool = False) -> None:
