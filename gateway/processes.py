@@ -92,23 +92,22 @@ def stop_on_signals_while_loading() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def flush_at_exit() -> None:
-    """Apply the buffered metric updates and write the buffered log lines when this process
-    ends normally.
+def flush_at_exit(*flushes: Callable[[], None]) -> None:
+    """Run ``flushes`` in order when this process ends normally: the callers pass
+    ``metrics.flush`` and ``logs.flush``, which apply the buffered metric updates and write the
+    buffered log lines.
 
     granian's server workers and the supervisor's queue workers are multiprocessing children,
     which end with ``os._exit`` after multiprocessing's own finalizers: ``atexit`` handlers
     (logging's shutdown among them) never run there, so whatever the log sink and the metrics
     still buffered was lost on every graceful stop. multiprocessing's finalizers also run at a
     plain interpreter exit. Each flush is its own finalizer (one failing does not stop the
-    other), the metrics first.
+    others), in the order given (this module stays below the library: ``make run`` imports it).
     """
     from multiprocessing.util import Finalize
 
-    from minitwitter import logs, metrics
-
-    Finalize(None, metrics.flush, exitpriority=11)
-    Finalize(None, logs.flush, exitpriority=10)
+    for rank, flush in enumerate(flushes):
+        Finalize(None, flush, exitpriority=11 - rank)
 
 
 def detach_from_terminal_signals() -> None:

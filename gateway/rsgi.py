@@ -60,7 +60,7 @@ if multiprocessing.parent_process() is not None:  # a granian worker (not a test
     set_process_name(SERVER_PROCESS_NAME)
 config = get_config()
 logs.configure_logging("gateway", store=logstore.store_batch)
-flush_at_exit()  # what the worker buffered when it stops
+flush_at_exit(metrics.flush, logs.flush)  # what the worker buffered when it stops
 metrics.reap_dead_processes()
 gateway = Gateway(config)
 try:

@@ -117,7 +117,7 @@ def _child_start(kind: str, name: str) -> bool:
     detach_from_terminal_signals()
     if not die_with_parent():  # the supervisor died before prctl took effect
         return False
-    flush_at_exit()  # multiprocessing ends this process with os._exit
+    flush_at_exit(metrics.flush, logs.flush)  # multiprocessing ends this process with os._exit
     cache.reset()
     logs.configure_logging(kind, store=logstore.store_batch)
     return True
