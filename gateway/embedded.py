@@ -164,18 +164,3 @@ def system_redis_binary() -> str | None:
     """The machine's redis-server, if installed (fault tests prefer it)."""
     return shutil.which("redis-server")
 
-
-def ensure_database(url: str) -> None:
-    """Create the database named in ``url`` if the server does not have it yet."""
-    import pg8000.native
-
-    from minitwitter.db import connect_params
-
-    params = connect_params(url)
-    name = params["database"]
-    admin = pg8000.native.Connection(**{**params, "database": "postgres"})
-    try:
-        if not admin.run("SELECT 1 FROM pg_database WHERE datname = :n", n=name):
-            admin.run(f"CREATE DATABASE {pg8000.native.identifier(name)}")
-    finally:
-        admin.close()

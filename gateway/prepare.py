@@ -13,13 +13,12 @@ import sys
 from minitwitter import logs, migrate
 from minitwitter.config import get_config
 
-from .embedded import ensure_database
 from .registry import Registry
 
 
 def main() -> int:
     config = get_config()
-    ensure_database(config.database_url)
+    migrate.ensure_database(config.database_url)
     logs.configure_logging("prepare")
     migrate.migrate()
     Registry(config).seed(redeploy=True)

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway import embedded
 from minitwitter import cache, db, jobs, migrate
 from minitwitter.config import REPO_ROOT, ensure_dev_secrets, load_config, set_config
 
@@ -156,7 +155,7 @@ def main() -> int:
     args = parser.parse_args()
 
     database_url = args.server.rsplit("/", 1)[0] + "/" + args.database
-    embedded.ensure_database(database_url)
+    migrate.ensure_database(database_url)
     tmp = Path(tempfile.mkdtemp(prefix="bench-sentiment-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     env.update({"DATABASE_URL": database_url, "REDIS_URL": f"{args.redis}/{args.redis_db}",

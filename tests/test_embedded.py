@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from gateway import embedded
+from minitwitter import migrate
 
 pytestmark = [pytest.mark.slow, pytest.mark.no_stores]
 
@@ -18,7 +19,7 @@ def test_embedded_postgres_and_redis_start_serve_and_stop(tmp_path: Path):
     rd = embedded.start_redis(tmp_path / "redis")
     try:
         assert pg.port != 5432 and rd.port != 6379
-        embedded.ensure_database(pg.url.rsplit("/", 1)[0] + "/minitwitter")
+        migrate.ensure_database(pg.url.rsplit("/", 1)[0] + "/minitwitter")
         conn = pg8000.native.Connection(user="postgres", host="127.0.0.1", port=pg.port,
                                         database="minitwitter")
         assert conn.run("SELECT 1")[0][0] == 1

@@ -2,7 +2,9 @@
 
 Several processes may start at once (two gateway replicas, the workers): a transaction-level
 advisory lock serialises them, and each migration runs in the same transaction that records it,
-so a crash never leaves a half-applied version. ``python -m minitwitter.migrate`` runs them.
+so a crash never leaves a half-applied version. ``python -m minitwitter.migrate`` runs them;
+``make run`` first creates the database itself when its server does not have it
+(:func:`ensure_database`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+
+import pg8000.native
 
 from . import db, logs, logstore
 
@@ -29,6 +33,18 @@ def available() -> list[tuple[int, str, Path]]:
         if match:
             found.append((int(match.group(1)), match.group(2), path))
     return sorted(found)
+
+
+def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if the server does not have it yet."""
+    params = db.connect_params(url)
+    name = params["database"]
+    admin = pg8000.native.Connection(**{**params, "database": "postgres"})
+    try:
+        if not admin.run("SELECT 1 FROM pg_database WHERE datname = :n", n=name):
+            admin.run(f"CREATE DATABASE {pg8000.native.identifier(name)}")
+    finally:
+        admin.close()
 
 
 def migrate() -> list[int]:
