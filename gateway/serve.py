@@ -26,7 +26,7 @@ from typing import Any
 
 from granian.server import MPServer
 
-from minitwitter import metrics
+from minitwitter import logs, metrics
 from minitwitter.config import Config, load_config
 from minitwitter.logs import FORMATTER_OPTIONS
 from minitwitter.runtime import preload_library
@@ -129,8 +129,6 @@ class SupervisedServer(MPServer):
 
 
 def main() -> None:
-    from minitwitter import logs
-
     config = load_config()
     set_process_name(MAIN_PROCESS_NAME)
     logs.configure_logging("gateway-server")
