@@ -14,9 +14,11 @@ import json
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ TEMPLATE = REPO_ROOT / "templates" / "python3-ff"
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 WATCHDOG_IMAGE = "ghcr.io/openfaas/of-watchdog"
 WATCHDOG_VERSION = "0.11.6"
+READY_PATH = "/_/ready"
 BASE_IMAGE = "python:3.11-slim-bookworm"
 
 
@@ -274,10 +277,93 @@ def test_a_real_function_runs_from_its_build_context(stores: dict[str, str], tmp
         fn.stop()
 
 
+@pytest.mark.slow
+def test_slow_clients_do_not_hold_the_function(serve: Any) -> None:
+    """200 slow-body and 200 slow-header connections open: normal requests stay prompt, and
+    past WSGI_READ_TIMEOUT every slow client gets 408 or is closed (issue 19, item 1)."""
+    fn = serve("echo", WSGI_THREADS="4", WSGI_READ_TIMEOUT="3")
+    host, port = "127.0.0.1", fn.port
+    slow: list[socket.socket] = []
+    try:
+        for i in range(400):
+            sock = socket.create_connection((host, port), timeout=5)
+            if i % 2:
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: 1000\r\n\r\n0123456789")
+            else:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(sock)
+        opened = time.monotonic()
+        with httpx.Client(timeout=5) as client:
+            for i in range(20):
+                started = time.monotonic()
+                r = client.post(fn.url + f"/normal/{i}", content=b"quick body",
+                                headers={"Content-Type": "text/plain", "Connection": "close"})
+                assert r.status_code == 200 and r.json()["body"] == "quick body"
+                assert time.monotonic() - started < 1.0, "a normal request waited on slow clients"
+        assert time.monotonic() - opened < 3, "the normal requests must run while the slow ones are open"
+        # Past the read deadline: 408 (or a closed connection) for every slow client.
+        time.sleep(max(0.0, opened + 3 + 2.5 - time.monotonic()))
+        outcomes: dict[str, int] = {}
+        for sock in slow:
+            sock.settimeout(2)
+            try:
+                data = sock.recv(4096)
+            except (ConnectionResetError, TimeoutError) as exc:
+                data = type(exc).__name__.encode()
+            kind = ("408" if data.startswith(b"HTTP/1.1 408") else
+                    "closed" if data in (b"", b"ConnectionResetError") else data[:40].decode("latin-1"))
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+        assert set(outcomes) <= {"408", "closed"}, outcomes
+        assert outcomes.get("408", 0) >= 390, outcomes
+        # ... and the function still answers.
+        assert httpx.get(fn.url + "/after").status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_a_request_sent_while_the_function_starts_waits_instead_of_failing(
+        contexts: dict[str, Path], stores: dict[str, str], tmp_path: Path) -> None:
+    """The socket listens before the function loads: from the first connection on, every
+    request is answered 200, none refused or 5xx; /_/ready is the watchdog's ready_path (item 7)."""
+    port = embedded.free_port()
+    env = {k: v for k, v in base_env(stores, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")).items()
+           if k != "PYTHONPATH"}
+    env.update({"WSGI_BIND": f"127.0.0.1:{port}", "WSGI_THREADS": "4", "LOG_TO_DB": "false"})
+    statuses: list[int] = []
+    refused_after_first = 0
+    with open(tmp_path / "start.log", "wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "index.py"], cwd=contexts["echo"], env=env,
+                                stdout=log, stderr=log)
+    try:
+        listening_at = first_answer_at = None
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() - started < 4:
+                try:
+                    r = client.get(f"http://127.0.0.1:{port}/probe", headers={"Connection": "close"})
+                except httpx.ConnectError:
+                    if listening_at is not None:
+                        refused_after_first += 1
+                    time.sleep(0.005)
+                    continue
+                listening_at = listening_at or time.monotonic()
+                first_answer_at = first_answer_at or time.monotonic()
+                statuses.append(r.status_code)
+        assert statuses and set(statuses) == {200}, statuses
+        assert refused_after_first == 0
+        ready = httpx.get(f"http://127.0.0.1:{port}{READY_PATH}")
+        assert (ready.status_code, ready.text) == (200, "OK")
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_in_flight(port: int, timeout: float = 10.0) -> None:
     """Block until the server side of a TCP connection on ``port`` is established."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _established_server_connections(port):
