@@ -445,7 +445,8 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("handler folder absent", _set("functions/fn/handler", "./functions/nope"), "has no handler.py"),
     ("image missing", _set("functions/fn/image", _DELETE), "image is required"),
     ("image invalid", _set("functions/fn/image", "Bad Image:latest"), "not a valid image reference"),
-    ("copy outside", _set("configuration/copy", ["../elsewhere"]), "outside of the build context"),  # outside-on-purpose
+    ("copy outside", _set("configuration/copy", ["../elsewhere"]),  # outside-on-purpose
+     "outside of the build context"),
     ("copy whole project", _set("configuration/copy", ["."]), "equal the entire project"),
     ("copy absent", _set("configuration/copy", ["./missing"]), "does not exist"),
     ("scale.min missing", _set("functions/fn/labels", {SCALE_MAX: "5"}), f"{SCALE_MIN} is required"),
