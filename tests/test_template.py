@@ -331,7 +331,10 @@ def test_a_request_sent_while_the_function_starts_waits_instead_of_failing(
     port = embedded.free_port()
     env = {k: v for k, v in base_env(stores, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")).items()
            if k != "PYTHONPATH"}
-    env.update({"WSGI_BIND": f"127.0.0.1:{port}", "WSGI_THREADS": "4", "LOG_TO_DB": "false"})
+    env.update({"WSGI_BIND": f"127.0.0.1:{port}", "WSGI_THREADS": "4", "LOG_TO_DB": "false",
+                "suppress_lock": "true", "TMPDIR": str(tmp_path)})
+    lock = tmp_path / ".lock"  # what the watchdog's /_/health checks
+    lock_before_first_answer = None
     statuses: list[int] = []
     refused_after_first = 0
     with open(tmp_path / "start.log", "wb") as log:
@@ -339,6 +342,16 @@ def test_a_request_sent_while_the_function_starts_waits_instead_of_failing(
         proc = subprocess.Popen([sys.executable, "index.py"], cwd=contexts["echo"], env=env,
                                 stdout=log, stderr=log)
     try:
+        # Listening long before the function has loaded, and not "healthy" until it has.
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() - started < 10, "never listened"
+                time.sleep(0.005)
+        listened_after = time.monotonic() - started
+        assert not lock.exists(), "the lock file (/_/health) must wait for the function to load"
         listening_at = first_answer_at = None
         with httpx.Client(timeout=30) as client:
             while time.monotonic() - started < 4:
@@ -349,14 +362,22 @@ def test_a_request_sent_while_the_function_starts_waits_instead_of_failing(
                         refused_after_first += 1
                     time.sleep(0.005)
                     continue
-                listening_at = listening_at or time.monotonic()
-                first_answer_at = first_answer_at or time.monotonic()
+                if first_answer_at is None:
+                    first_answer_at = time.monotonic()
+                    lock_before_first_answer = lock.exists()
+                listening_at = listening_at or first_answer_at
                 statuses.append(r.status_code)
         assert statuses and set(statuses) == {200}, statuses
         assert refused_after_first == 0
         ready = httpx.get(f"http://127.0.0.1:{port}{READY_PATH}")
         assert (ready.status_code, ready.text) == (200, "OK")
         assert proc.poll() is None
+        assert lock.exists(), "written once the function has loaded"
+        assert lock_before_first_answer is not None
+        assert listened_after < 1.0, f"listening {listened_after:.2f}s after start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not lock.exists(), "removed when the server exits"
     finally:
         proc.kill()
         proc.wait(10)
@@ -539,7 +560,9 @@ def test_dockerfile_watchdog_settings(docker: list[tuple[str, str]]) -> None:
 def test_dockerfile_healthcheck_and_command(docker: list[tuple[str, str]]) -> None:
     checks = [args for keyword, args in docker if keyword == "HEALTHCHECK"]
     assert len(checks) == 1 and "--interval=" in checks[0]
-    assert f"127.0.0.1:8080{READY_PATH}" in checks[0], "ready only once the function answers"
+    # The lock file: written by index.py once the function has loaded (suppress_lock).
+    assert '["test", "-e", "/tmp/.lock"]' in checks[0]
+    assert env_of(docker)["suppress_lock"] == "true"
     assert [json.loads(a) for k, a in stages(docker)["function"] if k == "CMD"] == [["python", "index.py"]]
     assert [json.loads(a) for k, a in stages(docker)["ship"] if k == "CMD"] == [["fwatchdog"]]
     assert ("COPY", "index.py buffered_worker.py ./") in stages(docker)["function"]

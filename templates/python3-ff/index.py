@@ -15,7 +15,9 @@ Readiness: the listening socket is bound first thing, before gunicorn or the fun
 imported, so a request that arrives while the function loads waits in the socket's backlog and is
 answered once it has loaded, never refused. ``GET /_/ready`` is answered here, before the
 function, once the app is loaded: the watchdog's ``ready_path`` points there, so its ``/_/ready``
-(Kubernetes' readiness probe, the image's HEALTHCHECK) is 200 only once this server answers.
+is 200 only once this server answers. With the watchdog's ``suppress_lock=true`` this server
+writes the watchdog's lock file once the function has loaded, so ``/_/health`` (OpenFaaS CE's
+probes, the image's HEALTHCHECK) waits for it too (:func:`watchdog_lock_file`).
 
 Slow clients: requests are read whole in gunicorn's event loop before a thread takes them
 (``buffered_worker.py``): a request whose headers and body have not arrived within
@@ -113,6 +115,7 @@ def server_options(env: Mapping[str, str], listen_fd: int | None = None) -> dict
         "post_worker_init": _post_worker_init,
         "worker_exit": _worker_exit,
         "child_exit": _child_exit,
+        "on_exit": _on_exit,
     }
 
 
@@ -153,6 +156,28 @@ def _post_worker_init(worker: Any) -> None:  # noqa: ARG001 - gunicorn hook sign
     from minitwitter.runtime import freeze_loaded_objects
 
     freeze_loaded_objects()  # the app is loaded: full collections skip it from now on
+    lock = watchdog_lock_file(os.environ)
+    if lock is not None:
+        lock.touch()
+
+
+def _on_exit(server: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
+    lock = watchdog_lock_file(os.environ)
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+
+
+def watchdog_lock_file(env: Mapping[str, str]) -> Path | None:
+    """The watchdog's lock file, when this server keeps it instead (``suppress_lock=true``).
+
+    of-watchdog's ``/_/health`` (and ``/_/ready``) answer 200 only while ``$TMPDIR/.lock``
+    exists. The watchdog writes it as soon as it starts, before the function can answer; with
+    ``suppress_lock=true`` it leaves that to us, and we write it once the function has loaded.
+    The watchdog still removes it on SIGTERM.
+    """
+    if env.get("suppress_lock", "").strip().lower() != "true":
+        return None
+    return Path(env.get("TMPDIR") or "/tmp") / ".lock"  # noqa: S108 - Go's os.TempDir()
 
 
 def _worker_exit(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
