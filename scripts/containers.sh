@@ -199,8 +199,11 @@ run_tests() {
     start_engine
     started=1
   fi
-  local status=0
-  MT_CONTAINER_TESTS=1 "${PYTHON:-.venv/bin/python}" -m pytest tests/containers "$@" || status=$?
+  local status=0 paths=(tests/containers)
+  for arg in "$@"; do
+    case "$arg" in tests/*) paths=() ;; esac  # the caller named the tests to run
+  done
+  MT_CONTAINER_TESTS=1 "${PYTHON:-.venv/bin/python}" -m pytest "${paths[@]}" "$@" || status=$?
   [ "$started" = 1 ] && stop_engine
   return "$status"
 }
