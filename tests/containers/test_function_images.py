@@ -27,8 +27,7 @@ from minitwitter.config import REPO_ROOT
 from tests.faas_cli import load_stack, shrinkwrap
 from tests.test_template import FIXTURES, make_project
 
-from .conftest import (LOCAL_PYTHON, TIMINGS, WATCHDOG_IMAGE, docker, docker_binary, image_size_mb,
-                       inspect, run)
+from .conftest import LOCAL_PYTHON, TIMINGS, WATCHDOG_IMAGE, docker, docker_binary, image_size_mb, inspect, run
 
 REAL_FUNCTIONS = sorted(load_stack(REPO_ROOT / "stack.yml", {})["functions"])
 IMAGE_PREFIX = "mt-containers-test-fn"
@@ -61,7 +60,7 @@ def images(image_source: str, contexts: dict[str, Path]) -> Iterator[dict[str, s
     """name -> image tag, every one built (the first from scratch, the rest share its layers)."""
     tags: dict[str, str] = {}
     started = time.monotonic()
-    for i, name in enumerate(REAL_FUNCTIONS + ["sleepy"]):
+    for i, name in enumerate([*REAL_FUNCTIONS, "sleepy"]):
         tags[name] = f"{IMAGE_PREFIX}/{name}:latest"
         build(contexts[name], tags[name], image_source,
               no_cache=(i == 0 and not os.environ.get("MT_REUSE_IMAGES")))
