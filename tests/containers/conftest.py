@@ -213,3 +213,19 @@ def stack(image_source: str) -> Iterator[Stack]:
     finally:
         if stack.container_ids(all_states=True):
             stack.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+
+
+HYGIENE_SCRIPT = (
+    "set -u; bad=''; "
+    "for p in /opt/venv/bin/pip /root/.cache /tmp/.cache /tmp/requirements; do "
+    "[ -e \"$p\" ] && bad=\"$bad $p\"; done; "
+    "[ -n \"$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v '^partial$' || true)\" ] && bad=\"$bad apt-lists\"; "
+    "for tool in gcc cc make; do command -v $tool >/dev/null 2>&1 && bad=\"$bad $tool\"; done; "
+    "echo \"bad:$bad\""
+)
+
+
+def assert_clean_image(image: str) -> None:
+    """No installer, build tool, package list or download cache in the final image."""
+    out = docker("run", "--rm", "--entrypoint", "sh", image, "-c", HYGIENE_SCRIPT).stdout.strip()
+    assert out == "bad:", f"{image}: {out}"

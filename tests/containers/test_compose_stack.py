@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import PROJECT, TIMINGS, Stack, docker, image_size_mb, inspect
+from .conftest import PROJECT, TIMINGS, Stack, assert_clean_image, docker, image_size_mb, inspect
 
 pytestmark = pytest.mark.no_stores
 
@@ -60,6 +60,7 @@ def test_every_service_is_built_and_healthy(stack: Stack) -> None:
         TIMINGS.sizes.setdefault(image, image_size_mb(image))
     gateway = image_size_mb(stack.gateway_image)
     assert gateway <= GATEWAY_IMAGE_LIMIT_MB, f"gateway image {gateway:.0f} MB"
+    assert_clean_image(stack.gateway_image)
 
 
 def test_register_login_post_and_see_it_labelled_through_nginx(stack: Stack) -> None:

@@ -27,7 +27,17 @@ from minitwitter.config import REPO_ROOT
 from tests.faas_cli import load_stack, shrinkwrap
 from tests.test_template import FIXTURES, make_project
 
-from .conftest import LOCAL_PYTHON, TIMINGS, WATCHDOG_IMAGE, docker, docker_binary, image_size_mb, inspect, run
+from .conftest import (
+    LOCAL_PYTHON,
+    TIMINGS,
+    WATCHDOG_IMAGE,
+    assert_clean_image,
+    docker,
+    docker_binary,
+    image_size_mb,
+    inspect,
+    run,
+)
 
 REAL_FUNCTIONS = sorted(load_stack(REPO_ROOT / "stack.yml", {})["functions"])
 IMAGE_PREFIX = "mt-containers-test-fn"
@@ -155,10 +165,15 @@ def test_function_image_runs_read_only_as_its_user_and_answers(name: str, start:
     assert "Read-only file system" not in logs and "Control server error" not in logs, logs
 
 
+def test_function_images_carry_no_build_tools_or_caches(images: dict[str, str]) -> None:
+    assert_clean_image(images["register"])
+
+
 def test_the_app_user_can_change_neither_its_code_nor_the_root(images: dict[str, str]) -> None:
+    code = docker("image", "inspect", "-f", "{{.Config.WorkingDir}}", images["register"]).stdout.strip()
     script = ("import os, pathlib\n"
               "assert os.getuid() == 1000 and os.getgid() == 1000\n"
-              "for path in ('/home/app/index.py', '/home/app/function/handler.py', '/home/app/new'):\n"
+              f"for path in ('{code}/index.py', '{code}/function/handler.py', '{code}/new'):\n"
               "    try:\n"
               "        open(path, 'a').close()\n"
               "    except OSError as exc:\n"
@@ -171,7 +186,7 @@ def test_the_app_user_can_change_neither_its_code_nor_the_root(images: dict[str,
     assert done.stdout.count("PermissionError") + done.stdout.count("OSError") == 3, done.stdout
     # ... and with a writable root too: the code is root's.
     done = docker("run", "--rm", "--entrypoint", "python", images["register"], "-c",
-                  "open('/home/app/index.py', 'a')", check=False)
+                  f"open('{code}/index.py', 'a')", check=False)
     assert done.returncode != 0 and "PermissionError" in done.stderr
 
 
