@@ -186,7 +186,7 @@ Minitwitter is running ($images images, project ${MT_PROJECT:-minitwitter})
 SUMMARY
   if [ "$images" = local ]; then
     echo "  Grafana        left out: its image cannot be had here (no registry answers; Debian does not package it)"
-    echo "  Ollama         the fake Ollama server (no Ollama image here); sentiment labels are keyword verdicts"
+    echo "  Ollama         the fake Ollama server (no Ollama image here): keyword verdicts once its model is pulled"
   else
     echo "  Grafana        http://${GRAFANA_BIND:-127.0.0.1}:${GRAFANA_PORT:-3000} (admin, .secrets/grafana-admin-password)"
   fi
@@ -204,7 +204,11 @@ run_tests() {
     case "$arg" in tests/*) paths=() ;; esac  # the caller named the tests to run
   done
   MT_CONTAINER_TESTS=1 "${PYTHON:-.venv/bin/python}" -m pytest "${paths[@]}" "$@" || status=$?
-  [ "$started" = 1 ] && stop_engine
+  if [ "$started" = 1 ]; then
+    # An engine this run started is ours: drop the layers the from-scratch rebuilds left untagged.
+    "$DOCKER" image prune -f >/dev/null || true
+    stop_engine
+  fi
   return "$status"
 }
 
