@@ -146,13 +146,14 @@ class Gateway:
     def invoke(self, environ: WSGIEnv, start_response: StartResponse, rest: str) -> Iterable[bytes]:
         """The WSGI form of a sync invocation (no deadline: the serving edge enforces
         ``FUNCTION_TIMEOUT`` around :meth:`call`)."""
-        status, headers, body = self.call(self.begin(environ, rest), environ)
+        status, headers, body = self.call(self.begin(environ, rest), dict(environ))
         start_response(status, headers)
         return [body]
 
     def call(self, invocation: Invocation, environ: WSGIEnv) -> tuple[str, list[tuple[str, str]], bytes]:
         """Run a sync invocation on this thread: the function's status, headers and body, with
-        the gateway's headers added and the invocation counted."""
+        the gateway's headers added and the invocation counted. ``environ`` becomes the
+        function's (its path, call id, start time, forwarded headers): pass one of the call's own."""
         hosted = None
         if invocation.namespace == self.config.function_namespace and invocation.name:
             try:
@@ -163,17 +164,16 @@ class Gateway:
             return self._finish(invocation, json_error(
                 404, f"error finding function {invocation.function_name}: not found"))
         metrics.child(metrics.GATEWAY_STARTED, invocation.function_name).inc()
-        inner = dict(environ)
-        inner["PATH_INFO"] = invocation.sub_path
-        inner["SCRIPT_NAME"] = ""
-        inner["HTTP_X_CALL_ID"] = invocation.call_id
-        inner["HTTP_X_START_TIME"] = str(invocation.started_ns)
-        inner.setdefault("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", ""))
-        inner.setdefault("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", ""))
+        environ["PATH_INFO"] = invocation.sub_path
+        environ["SCRIPT_NAME"] = ""
+        environ["HTTP_X_CALL_ID"] = invocation.call_id
+        environ["HTTP_X_START_TIME"] = str(invocation.started_ns)
+        environ.setdefault("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", ""))
+        environ.setdefault("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", ""))
         # The queue-worker's signed client address of an async call; anyone else's is dropped.
-        identity.accept(inner, invocation.call_id, self.config.jwt_secret)
+        identity.accept(environ, invocation.call_id, self.config.jwt_secret)
         try:
-            status, headers, body = self._call_app(hosted, inner)
+            status, headers, body = self._call_app(hosted, environ)
         except Exception:  # noqa: BLE001
             log.exception("function crashed", extra={"function": hosted.name})
             response = json_error(500, "internal error")

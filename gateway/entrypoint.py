@@ -28,7 +28,7 @@ from urllib.request import urlopen
 from minitwitter import errors, logs
 from minitwitter.config import get_config
 
-from . import serve
+from .processes import GATEWAY_SERVER_ARGV, QUEUE_WORKERS_ARGV
 
 log = logging.getLogger("minitwitter.entrypoint")
 
@@ -68,9 +68,9 @@ def reset_metrics_dir() -> None:
 def server_argv(role: str) -> list[str]:
     """The command that becomes the container's main process for ``role``."""
     if role == "gateway":
-        return serve.command()
+        return list(GATEWAY_SERVER_ARGV)
     if role == "worker":
-        return [sys.executable, "-m", "gateway.worker"]
+        return list(QUEUE_WORKERS_ARGV)
     raise ValueError(f"unknown role {role!r}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -13,6 +14,10 @@ from typing import Any, Protocol
 
 #: Seconds a stopping queue worker gets, on top of GATEWAY_DRAIN_TIMEOUT, to finish its job.
 QUEUE_JOB_GRACE = 20.0
+#: The commands of the two long-running servers (``make run``, the container entrypoint, the
+#: tests and the benchmark start them; kept here, where importing costs nothing).
+GATEWAY_SERVER_ARGV = (sys.executable, "-m", "gateway.serve")
+QUEUE_WORKERS_ARGV = (sys.executable, "-m", "gateway.worker")
 
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1

@@ -26,10 +26,15 @@ from typing import Any
 from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, Config, ensure_dev_secrets, load_config, set_config
 
 from . import embedded
-from .processes import QUEUE_JOB_GRACE, Child, Running, Supervisor, parent_death_preexec
-
-#: The gateway server (``serve.command()``; not imported: this process stays small).
-GATEWAY_SERVER = [sys.executable, "-m", "gateway.serve"]
+from .processes import (
+    GATEWAY_SERVER_ARGV,
+    QUEUE_JOB_GRACE,
+    QUEUE_WORKERS_ARGV,
+    Child,
+    Running,
+    Supervisor,
+    parent_death_preexec,
+)
 
 log = logging.getLogger("minitwitter.run")
 
@@ -84,8 +89,8 @@ def start_services(env: dict[str, str]) -> Supervisor:
     for kind in ("gateway", "worker-supervisor"):
         metrics.PROCESS_RESTARTS.labels(kind=kind)
     supervisor = Supervisor(
-        [Child("gateway", "gateway", popen(GATEWAY_SERVER), own_group=True),
-         Child("worker-supervisor", "queue workers", popen([sys.executable, "-m", "gateway.worker"]),
+        [Child("gateway", "gateway", popen(list(GATEWAY_SERVER_ARGV)), own_group=True),
+         Child("worker-supervisor", "queue workers", popen(list(QUEUE_WORKERS_ARGV)),
                own_group=True)],
         log=lambda message, fields: log.warning(message, extra=fields),
         count=lambda kind: metrics.PROCESS_RESTARTS.labels(kind=kind).inc(),

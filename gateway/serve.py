@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import time
 from typing import Any
 
@@ -31,7 +30,7 @@ from minitwitter.config import Config, load_config
 from minitwitter.logs import FORMATTER_OPTIONS
 from minitwitter.runtime import preload_library
 
-from .processes import Backoff, set_process_name
+from .processes import GATEWAY_SERVER_ARGV, Backoff, set_process_name
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -61,7 +60,7 @@ BACKPRESSURE = 1024
 
 def command() -> list[str]:
     """argv that starts the gateway server (``make run``, the container entrypoint, the tests)."""
-    return [sys.executable, "-m", "gateway.serve"]
+    return list(GATEWAY_SERVER_ARGV)
 
 
 def server_options(config: Config) -> dict[str, Any]:

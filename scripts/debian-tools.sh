@@ -3,6 +3,7 @@
 #
 #   scripts/debian-tools.sh test         # what `make test` needs
 #   scripts/debian-tools.sh bench        # what `make bench` needs
+#   scripts/debian-tools.sh containers   # what `make up` / `make test-containers` need
 #
 # Each line of a set is "command package": the command is looked up on PATH and in $TOOL_DIRS
 # (default: where Debian installs programs, which a user's PATH may lack), the package is what
@@ -24,11 +25,20 @@ bench_tools=(
   "wrk wrk"
   "nginx nginx"                                   # the nginx-static yardstick
 )
+# Debian's Docker engine and Compose v1 (a `docker` CLI found on PATH may be a newer one without
+# the compose plugin, so the engine is looked for as `dockerd`), and debootstrap for the local
+# base image when no registry answers (scripts/containers.sh).
+container_tools=(
+  "dockerd docker.io"
+  "docker-compose docker-compose"
+  "debootstrap debootstrap"
+)
 
 case "${1:-}" in
   test) wanted=("${test_tools[@]}") ;;
   bench) wanted=("${bench_tools[@]}") ;;
-  *) echo "usage: $0 test|bench" >&2; exit 2 ;;
+  containers) wanted=("${container_tools[@]}") ;;
+  *) echo "usage: $0 test|bench|containers" >&2; exit 2 ;;
 esac
 
 found() {

@@ -126,6 +126,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_stores: the test needs neither PostgreSQL nor Redis")
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/containers/ (Docker images and the compose stack) runs only in
+    `make test-containers`, which sets MT_CONTAINER_TESTS=1."""
+    if collection_path.name == "containers" and collection_path.parent == Path(__file__).parent:
+        return not os.environ.get("MT_CONTAINER_TESTS") or None
+    return None
+
+
 # --- processes ------------------------------------------------------------------------------
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -11,6 +11,12 @@ Classification is a keyword rule, so answers are deterministic. Behaviour is con
 * ``models``: what ``/api/tags`` lists; a chat for another model gets Ollama's 404;
 * ``delay``: seconds to wait before answering a chat (timeouts).
 
+``/api/pull`` adds a model to ``models`` (streamed NDJSON progress as Ollama sends it, or one
+object with ``"stream": false``), so ``ollama pull`` works against it; with ``models_file`` the
+list survives a restart. ``python tests/fake_ollama.py HOST:PORT [MODELS_FILE]`` serves it on
+its own (deploy/local-images/ollama.Dockerfile: the compose stack's Ollama where no Ollama
+image can be had).
+
 Every chat request body is recorded in ``chats`` (and ``/api/tags`` calls counted) so tests can
 assert on exactly what reached the server.
 """
@@ -47,8 +53,17 @@ def _now() -> str:
 class FakeOllama:
     """Run with ``with FakeOllama() as server:``; ``server.url`` is its OLLAMA_HOST."""
 
-    def __init__(self, models: tuple[str, ...] = ("qwen2.5:1.5b",), port: int = 0) -> None:
+    def __init__(self, models: tuple[str, ...] = ("qwen2.5:1.5b",), port: int = 0,
+                 host: str = "127.0.0.1", models_file: str | None = None) -> None:
         self.models = list(models)
+        self.models_file = models_file
+        if models_file:
+            try:
+                with open(models_file, encoding="utf-8") as saved:
+                    self.models = list(json.load(saved))
+            except (OSError, ValueError):
+                pass
+        self._host = host
         self.mode = "ok"
         self.script: list[str] = []
         self.delay = 0.0
@@ -92,13 +107,21 @@ class FakeOllama:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                if self.path != "/api/chat":
+                if self.path not in ("/api/chat", "/api/pull"):
                     self._send(404, "404 page not found", "text/plain")
                     return
                 try:
                     request = json.loads(raw)
                 except ValueError:
                     self._send(400, {"error": "invalid JSON"})
+                    return
+                if self.path == "/api/pull":
+                    statuses = fake._pull(request)
+                    if request.get("stream", True) is False:
+                        self._send(200, statuses[-1])
+                    else:
+                        self._send(200, "".join(json.dumps(s) + "\n" for s in statuses),
+                                   "application/x-ndjson")
                     return
                 status, body = fake._chat(request)
                 self._send(status, body)
@@ -118,7 +141,7 @@ class FakeOllama:
                 pass
 
         ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        self.server = ThreadingHTTPServer((self._host, self._port), Handler)
         self.server.daemon_threads = True
         self._port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -152,6 +175,19 @@ class FakeOllama:
                 "details": {"parent_model": "", "format": "gguf", "family": "qwen2",
                             "families": ["qwen2"], "parameter_size": "1.5B",
                             "quantization_level": "Q4_K_M"}}
+
+    def _pull(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        name = str(request.get("model") or request.get("name") or "")
+        if not name:
+            return [{"error": "model is required"}]
+        with self._lock:
+            if name not in self.models:
+                self.models.append(name)
+            if self.models_file:
+                with open(self.models_file, "w", encoding="utf-8") as saved:
+                    json.dump(self.models, saved)
+        return [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"},
+                {"status": "writing manifest"}, {"status": "success"}]
 
     def _chat(self, request: dict[str, Any]) -> tuple[int, Any]:
         with self._lock:
@@ -203,3 +239,18 @@ class FakeOllama:
     def user_texts(self) -> list[str]:
         """Every user-message content received, in order."""
         return [m["content"] for c in self.chats for m in c.get("messages", []) if m.get("role") == "user"]
+
+
+if __name__ == "__main__":
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as a container's PID 1
+    host, _, port = (sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:11434").rpartition(":")
+    server = FakeOllama(models=(), host=host or "0.0.0.0", port=int(port),  # noqa: S104
+                        models_file=sys.argv[2] if len(sys.argv) > 2 else None).start()
+    assert server.thread is not None
+    try:
+        server.thread.join()
+    except (KeyboardInterrupt, SystemExit):
+        server.stop()

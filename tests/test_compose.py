@@ -40,6 +40,7 @@ from minitwitter.config import REPO_ROOT, SECRET_NAMES, ensure_dev_secrets, load
 from tests.conftest import eventually, wait_http
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+LOCAL_COMPOSE_FILE = REPO_ROOT / "docker-compose.local.yml"
 COMPOSE_SCHEMA = REPO_ROOT / "tests" / "fixtures" / "compose-spec" / "compose-spec.json"
 DOCKERFILE = REPO_ROOT / "gateway" / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
@@ -174,22 +175,76 @@ def test_services_and_their_health(compose: dict[str, Any]) -> None:
     assert svc["worker"]["healthcheck"]["test"][-2:] == ["healthcheck", "worker"]
 
 
+def port_mapping(entry: Any) -> dict[str, str]:
+    """host_ip / published / target of a short ``[HOST_IP:]PUBLISHED:TARGET`` port entry."""
+    assert isinstance(entry, str), "short syntax: Compose v1 (Debian's docker-compose) has no host_ip"
+    parts = entry.split(":")
+    assert len(parts) == 3, f"{entry}: name the host address explicitly"
+    return {"host_ip": parts[0], "published": parts[1], "target": parts[2]}
+
+
 @pytest.mark.no_stores
 def test_only_nginx_and_grafana_are_published_on_loopback(compose: dict[str, Any]) -> None:
     published = {name for name, spec in services(compose).items() if spec.get("ports")}
     assert published == PUBLISHED
     for name in PUBLISHED:
         for port in services(compose)[name]["ports"]:
-            assert isinstance(port, dict), f"{name}: use the long port syntax (explicit host_ip)"
-            assert port["host_ip"] == "127.0.0.1", f"{name} must bind 127.0.0.1 by default"
-    nginx_port = services(compose)["nginx"]["ports"][0]
-    assert (nginx_port["target"], nginx_port["published"]) == (8080, "8080")
+            assert port_mapping(port)["host_ip"] == "127.0.0.1", f"{name} must bind 127.0.0.1 by default"
+    nginx_port = port_mapping(services(compose)["nginx"]["ports"][0])
+    assert (nginx_port["target"], nginx_port["published"]) == ("8080", "8080")
     # ... and an operator can still choose.
     moved = interpolate(raw_compose(), {"NGINX_BIND": "0.0.0.0", "NGINX_PORT": "80"})
-    assert moved["services"]["nginx"]["ports"][0] | {} == {**nginx_port, "host_ip": "0.0.0.0", "published": "80"}
+    assert port_mapping(moved["services"]["nginx"]["ports"][0]) == {**nginx_port, "host_ip": "0.0.0.0",
+                                                                    "published": "80"}
     # No service exposes a store to the host in any other way.
     for name, spec in services(compose).items():
         assert spec.get("network_mode") != "host", name
+
+
+@pytest.mark.no_stores
+def test_compose_v1_can_read_the_file() -> None:
+    """Debian's docker-compose 1.29 refuses a top-level `name` and long-syntax `host_ip`."""
+    raw = raw_compose()
+    assert "name" not in raw and "version" not in raw
+    for spec in raw["services"].values():
+        for port in spec.get("ports") or []:
+            assert isinstance(port, str)
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, for mappings (lists and scalars are replaced)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {k: deep_merge(base.get(k), v) if k in base else v for k, v in override.items()} | {
+            k: v for k, v in base.items() if k not in override}
+    return override
+
+
+@pytest.mark.no_stores
+def test_the_local_override_keeps_the_topology() -> None:
+    """docker-compose.local.yml (no registry): the same services, only images built here."""
+    local = yaml.safe_load(LOCAL_COMPOSE_FILE.read_text())
+    base = raw_compose()
+    assert set(local["services"]) == set(base["services"])
+    for name, spec in local["services"].items():
+        assert set(spec) <= {"image", "build", "profiles", "deploy"}, name
+        if name == "grafana":  # Debian does not package it: left out, and `make up` says so
+            assert spec == {"profiles": ["grafana"]}
+            continue
+        assert spec["image"].startswith("minitwitter-local/"), name
+        assert spec["build"], name
+    assert set(local["services"]["ollama"]["deploy"]) == {"resources"}  # the fake's limits only
+    for name in ("gateway-1", "gateway-2", "worker"):
+        assert local["services"][name]["build"] == {"args": {"PYTHON_IMAGE": "minitwitter-local/python:3.11-bookworm"}}
+    merged = interpolate(deep_merge(base, local))
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:10])
+    for name in ("nginx", "postgres", "redis", "prometheus", "redis-exporter", "postgres-exporter", "ollama"):
+        build = merged["services"][name]["build"]
+        assert (REPO_ROOT / build["context"] / build["dockerfile"]).is_file(), name
+        # The host's CA bundle is the local base's (scripts/containers.sh), never in docker-compose.yml.
+    assert "ca-certificates.crt" not in COMPOSE_FILE.read_text()
+    assert "host-ca" not in DOCKERFILE.read_text()
 
 
 @pytest.mark.no_stores
@@ -300,7 +355,7 @@ def test_nginx_conf_upstreams_are_the_gateway_services(compose: dict[str, Any]) 
     upstreams = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", conf, re.M)
     assert upstreams == [("gateway-1", "8080"), ("gateway-2", "8080")]
     assert re.search(r"^\s*listen 8080\b", conf, re.M)
-    assert services(compose)["nginx"]["ports"][0]["target"] == 8080
+    assert port_mapping(services(compose)["nginx"]["ports"][0])["target"] == "8080"
     for name in ("gateway-1", "gateway-2"):
         assert services(compose)[name]["hostname"] == name
 
@@ -397,7 +452,8 @@ def test_dockerfile_is_pinned_slim_non_root_and_healthchecked() -> None:
     instructions = dockerfile_instructions()
     args = dict(a.split("=", 1) for k, a in instructions if k == "ARG" and "=" in a)
     base = args["PYTHON_IMAGE"]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", base), base
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+@sha256:[0-9a-f]{64}", base), base
+    assert not DOCKERFILE.read_text().startswith("# syntax"), "a BuildKit frontend from Docker Hub"
     froms = [a for k, a in instructions if k == "FROM"]
     assert froms and all(f.startswith("${PYTHON_IMAGE}") for f in froms)
     users = [a for k, a in instructions if k == "USER"]

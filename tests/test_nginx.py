@@ -30,8 +30,11 @@ from gateway import embedded
 from minitwitter.config import REPO_ROOT
 from scripts import nginx as nginx_tool
 from scripts.nginx import NGINX_CONF, Nginx
+from tests.conftest import eventually
 
 ECHO_HANDLER = REPO_ROOT / "tests" / "fixtures" / "functions" / "echo"
+#: The product's functions the micro-cache tests call through nginx.
+PRODUCT_FUNCTIONS = ("register", "login", "create-post", "list-posts")
 #: nginx's client_max_body_size in nginx.conf (1m).
 NGINX_BODY_LIMIT = 1024 * 1024
 #: The address the test client connects from: a loopback address that is NOT a trusted proxy.
@@ -93,7 +96,9 @@ def stack_file(tmp_path: Path) -> Path:
         "version: 1.0\nprovider:\n  name: openfaas\n  gateway: http://127.0.0.1:8080\n"
         "functions:\n"
         f"  echo:\n    lang: python3-ff\n    handler: {ECHO_HANDLER}\n    image: test/echo:latest\n"
-        f"  whoami:\n    lang: python3-ff\n    handler: ./functions/whoami\n    image: test/whoami:latest\n")
+        f"  whoami:\n    lang: python3-ff\n    handler: ./functions/whoami\n    image: test/whoami:latest\n"
+        + "".join(f"  {name}:\n    lang: python3-ff\n    handler: {REPO_ROOT / 'functions' / name}\n"
+                  f"    image: test/{name}:latest\n" for name in PRODUCT_FUNCTIONS))
     return stack
 
 
@@ -142,7 +147,8 @@ def test_round_robin_alternates_between_replicas(cluster: tuple[Nginx, list[Any]
     with client(nginx) as http:  # one keepalive connection: one nginx worker, one round-robin
         seen = []
         for _ in range(20):
-            response = http.get("/function/echo")
+            # signed in: an anonymous GET would come from the micro-cache
+            response = http.get("/function/echo", headers={"Authorization": "Bearer round-robin"})
             assert response.status_code == 200, response.text
             seen.append(response.headers["X-Gateway-Instance"])
     assert set(seen) == set(ids)
@@ -261,7 +267,7 @@ def test_forwarded_for_reaches_functions_as_client_ip_expects(cluster: tuple[Ngi
                         "body_bytes": 0}
         # A client forging X-Forwarded-For: nginx appends the real address, and client_ip walks
         # the chain from the right, stopping at the first address that is not a trusted proxy.
-        forged = http.get("/function/whoami", headers={"X-Forwarded-For": "203.0.113.9"}).json()
+        forged = http.get("/function/whoami?forged", headers={"X-Forwarded-For": "203.0.113.9"}).json()
         assert forged["forwarded_for"] == f"203.0.113.9, {CLIENT_ADDR}"
         assert forged["client_ip"] == CLIENT_ADDR
     # Without nginx in the way, the same forged header from an untrusted peer is ignored too.
@@ -303,3 +309,47 @@ def test_slow_clients_end_at_nginx_and_never_reach_a_gateway(cluster: tuple[Ngin
             sock.close()
     for gw in gateways:
         assert 'gateway_requests_refused_total{reason="read_timeout"} 0.0' in httpx.get(gw.url + "/metrics").text
+
+
+
+# --- the micro-cache of anonymous reads ---------------------------------------------------------
+
+def test_anonymous_reads_are_cached_for_a_second_and_signed_in_ones_never(cluster: tuple[Nginx, list[Any]]) -> None:
+    """echo answers with the call id of each request: equal bodies mean one upstream call."""
+    nginx, _ = cluster
+    with client(nginx) as http:
+        first, second = http.get("/function/echo/page"), http.get("/function/echo/page")
+        assert (first.headers["X-Cache-Status"], second.headers["X-Cache-Status"]) == ("MISS", "HIT")
+        assert second.json()["call_id"] == first.json()["call_id"]  # served from the cache
+        assert second.headers["X-Call-Id"] == first.headers["X-Call-Id"]
+        other = http.get("/function/echo/page?x=1")  # another URL, another entry
+        assert other.headers["X-Cache-Status"] == "MISS"
+        signed = [http.get("/function/echo/page", headers={"Authorization": "Bearer t"}) for _ in range(2)]
+        assert [r.headers["X-Cache-Status"] for r in signed] == ["BYPASS", "BYPASS"]
+        assert len({r.json()["call_id"] for r in signed} | {first.json()["call_id"]}) == 3
+        posted = [http.post("/function/echo/page", content=b"{}") for _ in range(2)]
+        assert posted[0].json()["call_id"] != posted[1].json()["call_id"]  # writes never cached
+        failing = [http.get("/function/echo/err?status=404") for _ in range(2)]
+        assert failing[0].json()["call_id"] != failing[1].json()["call_id"]  # only 200s are kept
+        time.sleep(2.1)  # nginx counts validity in whole seconds: "1 s" ends within 2 s
+        later = http.get("/function/echo/page")
+        assert later.json()["call_id"] != first.json()["call_id"]  # expired
+    assert '"cache":"HIT"' in nginx.output()  # hits are in nginx's access log
+
+
+def test_a_writer_reads_its_own_write_at_once_and_anonymous_readers_within_two_seconds(
+        cluster: tuple[Nginx, list[Any]]) -> None:
+    nginx, _ = cluster
+    with client(nginx) as http:
+        creds = {"username": "writer", "password": "correct horse battery"}
+        assert http.post("/function/register", json=creds).status_code == 201
+        auth = {"Authorization": "Bearer " + http.post("/function/login", json=creds).json()["access_token"]}
+        assert http.get("/function/list-posts").json() == []  # an anonymous reader fills the cache
+        assert http.get("/function/list-posts").headers["X-Cache-Status"] == "HIT"
+        post = http.post("/function/create-post", json={"content": "fresh news"}, headers=auth).json()
+        mine = http.get("/function/list-posts", headers=auth)
+        assert mine.headers["X-Cache-Status"] == "BYPASS" and [p["id"] for p in mine.json()] == [post["id"]]
+        stale = http.get("/function/list-posts")  # anonymous: the cached page, at most ~2 s old
+        assert stale.headers["X-Cache-Status"] == "HIT" and stale.json() == []
+        eventually(lambda: [p["id"] for p in http.get("/function/list-posts").json()] == [post["id"]],
+                   timeout=3, interval=0.2)

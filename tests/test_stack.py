@@ -513,3 +513,12 @@ def test_handler_without_handle_is_refused(project: Path) -> None:
 ])
 def test_quantities(value: str, kind: str, expected: Decimal) -> None:
     assert quantity(value, kind) == expected
+
+
+@pytest.mark.no_stores
+def test_every_function_runs_read_only_and_is_ready_only_when_it_answers() -> None:
+    """The template writes only under /tmp; readiness is the function server's own /_/ready."""
+    stack = load_stack(STACK_FILE, {})
+    for name, spec in stack["functions"].items():
+        assert spec["readonly_root_filesystem"] == "true", name
+        assert spec["annotations"]["com.openfaas.ready.http.path"] == "/_/ready", name

@@ -14,9 +14,11 @@ import json
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ TEMPLATE = REPO_ROOT / "templates" / "python3-ff"
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 WATCHDOG_IMAGE = "ghcr.io/openfaas/of-watchdog"
 WATCHDOG_VERSION = "0.11.6"
-BASE_IMAGE = "python:3.11-slim-bookworm"
+READY_PATH = "/_/ready"
+BASE_IMAGE = "python:3.11.13-slim-bookworm"
 
 
 def make_project(root: Path, stack_text: str, functions: Path) -> Path:
@@ -274,10 +277,114 @@ def test_a_real_function_runs_from_its_build_context(stores: dict[str, str], tmp
         fn.stop()
 
 
+@pytest.mark.slow
+def test_slow_clients_do_not_hold_the_function(serve: Any) -> None:
+    """200 slow-body and 200 slow-header connections open: normal requests stay prompt, and
+    past WSGI_READ_TIMEOUT every slow client gets 408 or is closed (issue 19, item 1)."""
+    fn = serve("echo", WSGI_THREADS="4", WSGI_READ_TIMEOUT="3")
+    host, port = "127.0.0.1", fn.port
+    slow: list[socket.socket] = []
+    try:
+        for i in range(400):
+            sock = socket.create_connection((host, port), timeout=5)
+            if i % 2:
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: 1000\r\n\r\n0123456789")
+            else:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(sock)
+        opened = time.monotonic()
+        with httpx.Client(timeout=5) as client:
+            for i in range(20):
+                started = time.monotonic()
+                r = client.post(fn.url + f"/normal/{i}", content=b"quick body",
+                                headers={"Content-Type": "text/plain", "Connection": "close"})
+                assert r.status_code == 200 and r.json()["body"] == "quick body"
+                assert time.monotonic() - started < 1.0, "a normal request waited on slow clients"
+        assert time.monotonic() - opened < 3, "the normal requests must run while the slow ones are open"
+        # Past the read deadline: 408 (or a closed connection) for every slow client.
+        time.sleep(max(0.0, opened + 3 + 2.5 - time.monotonic()))
+        outcomes: dict[str, int] = {}
+        for sock in slow:
+            sock.settimeout(2)
+            try:
+                data = sock.recv(4096)
+            except (ConnectionResetError, TimeoutError) as exc:
+                data = type(exc).__name__.encode()
+            kind = ("408" if data.startswith(b"HTTP/1.1 408") else
+                    "closed" if data in (b"", b"ConnectionResetError") else data[:40].decode("latin-1"))
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+        assert set(outcomes) <= {"408", "closed"}, outcomes
+        assert outcomes.get("408", 0) >= 390, outcomes
+        # ... and the function still answers.
+        assert httpx.get(fn.url + "/after").status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_a_request_sent_while_the_function_starts_waits_instead_of_failing(
+        contexts: dict[str, Path], stores: dict[str, str], tmp_path: Path) -> None:
+    """The socket listens before the function loads: from the first connection on, every
+    request is answered 200, none refused or 5xx; /_/ready is the watchdog's ready_path (item 7)."""
+    port = embedded.free_port()
+    env = {k: v for k, v in base_env(stores, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")).items()
+           if k != "PYTHONPATH"}
+    env.update({"WSGI_BIND": f"127.0.0.1:{port}", "WSGI_THREADS": "4", "LOG_TO_DB": "false",
+                "suppress_lock": "true", "TMPDIR": str(tmp_path)})
+    lock = tmp_path / ".lock"  # what the watchdog's /_/health checks
+    lock_before_first_answer = None
+    statuses: list[int] = []
+    refused_after_first = 0
+    with open(tmp_path / "start.log", "wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "index.py"], cwd=contexts["echo"], env=env,
+                                stdout=log, stderr=log)
+    try:
+        # Listening long before the function has loaded, and not "healthy" until it has.
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() - started < 10, "never listened"
+                time.sleep(0.005)
+        listened_after = time.monotonic() - started
+        assert not lock.exists(), "the lock file (/_/health) must wait for the function to load"
+        listening_at = first_answer_at = None
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() - started < 4:
+                try:
+                    r = client.get(f"http://127.0.0.1:{port}/probe", headers={"Connection": "close"})
+                except httpx.ConnectError:
+                    if listening_at is not None:
+                        refused_after_first += 1
+                    time.sleep(0.005)
+                    continue
+                if first_answer_at is None:
+                    first_answer_at = time.monotonic()
+                    lock_before_first_answer = lock.exists()
+                listening_at = listening_at or first_answer_at
+                statuses.append(r.status_code)
+        assert statuses and set(statuses) == {200}, statuses
+        assert refused_after_first == 0
+        ready = httpx.get(f"http://127.0.0.1:{port}{READY_PATH}")
+        assert (ready.status_code, ready.text) == (200, "OK")
+        assert proc.poll() is None
+        assert lock.exists(), "written once the function has loaded"
+        assert lock_before_first_answer is not None
+        assert listened_after < 1.0, f"listening {listened_after:.2f}s after start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not lock.exists(), "removed when the server exits"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_in_flight(port: int, timeout: float = 10.0) -> None:
     """Block until the server side of a TCP connection on ``port`` is established."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _established_server_connections(port):
@@ -351,32 +458,73 @@ def docker() -> list[tuple[str, str]]:
     return dockerfile_instructions((TEMPLATE / "Dockerfile").read_text(encoding="utf-8"))
 
 
+def arg_defaults(docker: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(a.split("=", 1) for k, a in docker if k == "ARG" and "=" in a)
+
+
+def stages(docker: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Instructions per ``FROM ... AS name`` stage."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for keyword, args in docker:
+        if keyword == "FROM":
+            current = out.setdefault(args.split()[-1], [])
+        if current is not None:
+            current.append((keyword, args))
+    return out
+
+
 @pytest.mark.no_stores
 def test_dockerfile_stages_are_pinned(docker: list[tuple[str, str]]) -> None:
-    froms = [args.split() for keyword, args in docker if keyword == "FROM"]
-    assert [f[0] for f in froms] == [f"{WATCHDOG_IMAGE}:{WATCHDOG_VERSION}", BASE_IMAGE]
-    assert froms[0][1:] == ["AS", "watchdog"]
-    for image, *_ in froms:
-        assert ":" in image and not image.endswith(":latest")
-    assert ("COPY", "--from=watchdog /fwatchdog /usr/bin/fwatchdog") in docker
+    args = arg_defaults(docker)
+    assert args["WATCHDOG_IMAGE"] == f"{WATCHDOG_IMAGE}:{WATCHDOG_VERSION}"
+    # The one Python of the deployment: the gateway image's, pinned by digest.
+    gateway_args = dict(a.split("=", 1) for k, a in dockerfile_instructions(
+        (REPO_ROOT / "gateway" / "Dockerfile").read_text()) if k == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"] == gateway_args["PYTHON_IMAGE"]
+    assert re.fullmatch(rf"{re.escape(BASE_IMAGE)}@sha256:[0-9a-f]{{64}}", args["PYTHON_IMAGE"])
+    froms = [a.split() for k, a in docker if k == "FROM"]
+    assert froms == [["${WATCHDOG_IMAGE}", "AS", "watchdog"], ["${PYTHON_IMAGE}", "AS", "build"],
+                     ["${PYTHON_IMAGE}", "AS", "function"], ["function", "AS", "ship"]]
+    # One copy of the watchdog binary (a chmod would store it twice): executable as shipped.
+    ship = stages(docker)["ship"]
+    assert ("COPY", "--from=watchdog /fwatchdog /usr/bin/fwatchdog") in ship
+    assert not any("fwatchdog" in a for k, a in docker if k == "RUN")
     assert any(keyword == "ARG" and args.split("=")[0] == "ADDITIONAL_PACKAGE" for keyword, args in docker)
+    # No BuildKit frontend pulled from a registry.
+    assert not (TEMPLATE / "Dockerfile").read_text().startswith("# syntax")
 
 
 @pytest.mark.no_stores
-def test_dockerfile_runs_as_non_root_app_user(docker: list[tuple[str, str]]) -> None:
-    users = [args for keyword, args in docker if keyword == "USER"]
-    assert users and users[-1] == "app"
-    assert any(keyword == "RUN" and "useradd" in args and " app" in args for keyword, args in docker)
-    # Everything after USER runs unprivileged: no RUN/COPY that needs root comes later.
-    after = docker[[k for k, _ in docker].index("USER"):]
+def test_dockerfile_runs_as_non_root_and_owns_nothing(docker: list[tuple[str, str]]) -> None:
+    function = stages(docker)["function"]
+    users = [args for keyword, args in function if keyword == "USER"]
+    assert users == ["1000:1000"], "numeric (Kubernetes runAsNonRoot checks it)"
+    useradd = next(a for k, a in function if k == "RUN" and "useradd" in a)
+    assert "--uid 1000" in useradd and "--system" not in useradd  # --system with 1000 warns
+    assert "--no-create-home" in useradd and "--create-home " not in useradd
+    # The code is copied as root (no --chown) and nothing runs after USER.
+    assert not any("--chown" in a for k, a in docker if k == "COPY")
+    after = function[[k for k, _ in function].index("USER"):]
     assert not any(keyword == "RUN" for keyword, _ in after)
+    assert not any(keyword == "RUN" for keyword, _ in stages(docker)["ship"])
+    env = env_of(function)
+    assert env["HOME"] == "/tmp"
 
 
 @pytest.mark.no_stores
 def test_dockerfile_installs_the_single_requirements_list(docker: list[tuple[str, str]]) -> None:
-    runs = " ".join(args for keyword, args in docker if keyword == "RUN")
-    assert "pip install --no-cache-dir -r function/shared/requirements.txt" in runs
-    assert "pip install --no-cache-dir -r function/requirements.txt" in runs
+    build = stages(docker)["build"]
+    runs = " ".join(args for keyword, args in build if keyword == "RUN")
+    copies = [args for keyword, args in build if keyword == "COPY"]
+    assert "function/shared/requirements.txt /tmp/requirements/shared.txt" in copies
+    assert "function/requirements.txt /tmp/requirements/function.txt" in copies
+    assert "/opt/venv/bin/pip install -r /tmp/requirements/shared.txt" in runs
+    assert "/opt/venv/bin/pip install -r /tmp/requirements/function.txt" in runs
+    assert "pip uninstall -y -q pip setuptools" in runs  # no installer in the final image
+    assert env_of(build)["PIP_NO_CACHE_DIR"] == "1"
+    # The final stages take the virtualenv only, not the build stage's packages or caches.
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in stages(docker)["function"]
     pins = (REPO_ROOT / "shared" / "requirements.txt").read_text()
     for package in ("functions-framework", "gunicorn", "flask"):
         assert re.search(rf"^{package}==\d", pins, re.MULTILINE), package
@@ -394,19 +542,30 @@ def test_dockerfile_watchdog_settings(docker: list[tuple[str, str]]) -> None:
     exec_timeout = go_duration_seconds(env["exec_timeout"])
     read_timeout = go_duration_seconds(env["read_timeout"])
     write_timeout = go_duration_seconds(env["write_timeout"])
-    assert 0 < exec_timeout <= write_timeout and read_timeout >= exec_timeout
+    assert 0 < exec_timeout <= write_timeout
     assert exec_timeout < 60, "the watchdog's 504 must come before the gateway's 60s upstream timeout"
     assert int(env["WSGI_GRACEFUL_TIMEOUT"]) >= exec_timeout, "SIGTERM must drain a full request"
+    # Slow clients: the watchdog reads a request (body included) within read_timeout, before
+    # the function sees it; gunicorn's own deadline is the same.
+    assert read_timeout <= 10 and env["http_buffer_req_body"] == "true"
+    assert int(env["WSGI_READ_TIMEOUT"]) == read_timeout
+    assert int(env["max_inflight"]) == 2 * int(env["WSGI_THREADS"])
+    # A stopping container is "not ready" for 5 s, then drains (the default is write_timeout).
+    assert go_duration_seconds(env["healthcheck_interval"]) == 5
+    assert env["ready_path"] == READY_PATH
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/"), "read-only root: only /tmp is writable"
 
 
 @pytest.mark.no_stores
 def test_dockerfile_healthcheck_and_command(docker: list[tuple[str, str]]) -> None:
     checks = [args for keyword, args in docker if keyword == "HEALTHCHECK"]
-    assert len(checks) == 1 and "/tmp/.lock" in checks[0]
-    assert "--interval=" in checks[0]
-    cmds = [args for keyword, args in docker if keyword == "CMD"]
-    assert [json.loads(c) for c in cmds] == [["fwatchdog"]]
+    assert len(checks) == 1 and "--interval=" in checks[0]
+    # The lock file: written by index.py once the function has loaded (suppress_lock).
+    assert '["test", "-e", "/tmp/.lock"]' in checks[0]
+    assert env_of(docker)["suppress_lock"] == "true"
+    assert [json.loads(a) for k, a in stages(docker)["function"] if k == "CMD"] == [["python", "index.py"]]
+    assert [json.loads(a) for k, a in stages(docker)["ship"] if k == "CMD"] == [["fwatchdog"]]
+    assert ("COPY", "index.py buffered_worker.py ./") in stages(docker)["function"]
 
 
 @pytest.mark.no_stores

@@ -11,18 +11,32 @@ within ``WSGI_GRACEFUL_TIMEOUT`` and exits 0, so the watchdog's graceful shutdow
 "Forked function has terminated" (exit 1). The shared library arrives at ``function/shared``
 through the stack's ``configuration.copy``.
 
+Readiness: the listening socket is bound first thing, before gunicorn or the function is
+imported, so a request that arrives while the function loads waits in the socket's backlog and is
+answered once it has loaded, never refused. ``GET /_/ready`` is answered here, before the
+function, once the app is loaded: the watchdog's ``ready_path`` points there, so its ``/_/ready``
+is 200 only once this server answers. With the watchdog's ``suppress_lock=true`` this server
+writes the watchdog's lock file once the function has loaded, so ``/_/health`` (OpenFaaS CE's
+probes, the image's HEALTHCHECK) waits for it too (:func:`watchdog_lock_file`).
+
+Slow clients: requests are read whole in gunicorn's event loop before a thread takes them
+(``buffered_worker.py``): a request whose headers and body have not arrived within
+``WSGI_READ_TIMEOUT`` gets 408 and is closed, and no number of slow clients holds a thread.
+
 Server settings (environment, read here because they configure the process, not the library):
 ``WSGI_BIND`` (default ``127.0.0.1:5000``, must match ``upstream_url``), ``WSGI_WORKERS`` (1),
 ``WSGI_THREADS`` (8), ``WSGI_GRACEFUL_TIMEOUT`` seconds (60, at least the watchdog's
-``exec_timeout``).
+``exec_timeout``), ``WSGI_READ_TIMEOUT`` seconds for a request's headers and body to arrive (10),
+``WSGI_WRITE_TIMEOUT`` seconds one send of a response may block (30), ``WSGI_MAX_BODY_BYTES``
+(1 MiB; larger bodies get 413 before reaching the function, which has its own smaller limit).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +45,31 @@ FUNCTION_DIR = HERE / "function"
 SHARED_DIR = FUNCTION_DIR / "shared"
 HANDLER = FUNCTION_DIR / "handler.py"
 TARGET = "handle"
+#: Answered here, before the function: the watchdog's ``ready_path``.
+READY_PATH = "/_/ready"
+LISTEN_BACKLOG = 2048
+
+DEFAULTS = {"WSGI_BIND": "127.0.0.1:5000", "WSGI_WORKERS": "1", "WSGI_THREADS": "8",
+            "WSGI_GRACEFUL_TIMEOUT": "60", "WSGI_READ_TIMEOUT": "10", "WSGI_WRITE_TIMEOUT": "30",
+            "WSGI_MAX_BODY_BYTES": str(1024 * 1024)}
+
+
+def bind_early(address: str) -> socket.socket:
+    """Listen on ``host:port`` now: connections queue until the server is ready to accept."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - only when the operator binds ":port"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
 
 # The copied shared library must win over anything else on the path.
 sys.path.insert(0, str(SHARED_DIR))
-
-from gunicorn.app.base import BaseApplication  # noqa: E402 - after the path is set
-
-DEFAULTS = {"WSGI_BIND": "127.0.0.1:5000", "WSGI_WORKERS": "1", "WSGI_THREADS": "8",
-            "WSGI_GRACEFUL_TIMEOUT": "60"}
+sys.path.insert(1, str(HERE))  # buffered_worker.py, when index.py is imported from elsewhere
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int:
@@ -52,14 +83,26 @@ def _positive_int(env: Mapping[str, str], name: str) -> int:
     return value
 
 
-def server_options(env: Mapping[str, str]) -> dict[str, Any]:
-    """gunicorn settings for this function process."""
+def bind_address(env: Mapping[str, str]) -> str:
+    return env.get("WSGI_BIND", "").strip() or DEFAULTS["WSGI_BIND"]
+
+
+def server_options(env: Mapping[str, str], listen_fd: int | None = None) -> dict[str, Any]:
+    """gunicorn settings for this function process (``listen_fd``: a socket listening already,
+    which gunicorn takes over and closes)."""
+    from buffered_worker import configured
+
     return {
-        "bind": env.get("WSGI_BIND", "").strip() or DEFAULTS["WSGI_BIND"],
+        "bind": f"fd://{listen_fd}" if listen_fd is not None else bind_address(env),
         "workers": _positive_int(env, "WSGI_WORKERS"),
-        "worker_class": "gthread",
+        "worker_class": configured(read_timeout=_positive_int(env, "WSGI_READ_TIMEOUT"),
+                                   write_timeout=_positive_int(env, "WSGI_WRITE_TIMEOUT"),
+                                   max_body=_positive_int(env, "WSGI_MAX_BODY_BYTES")),
         "threads": _positive_int(env, "WSGI_THREADS"),
         "graceful_timeout": _positive_int(env, "WSGI_GRACEFUL_TIMEOUT"),
+        # No gunicornc control socket: nothing in a function container uses it, and its default
+        # place ($HOME/.gunicorn) is not writable on a read-only root.
+        "control_socket_disable": True,
         # gthread workers heartbeat from their main loop, so a long request never trips this;
         # the watchdog's exec_timeout bounds request time.
         "timeout": 30,
@@ -72,6 +115,7 @@ def server_options(env: Mapping[str, str]) -> dict[str, Any]:
         "post_worker_init": _post_worker_init,
         "worker_exit": _worker_exit,
         "child_exit": _child_exit,
+        "on_exit": _on_exit,
     }
 
 
@@ -81,8 +125,25 @@ def build_app() -> Callable[..., Any]:
 
     from minitwitter.runtime import CrashGuard
 
-    return CrashGuard(functions_framework.create_app(
-        target=TARGET, source=str(HANDLER), signature_type="http"))
+    return ReadyProbe(CrashGuard(functions_framework.create_app(
+        target=TARGET, source=str(HANDLER), signature_type="http")))
+
+
+class ReadyProbe:
+    """WSGI middleware: ``GET /_/ready`` answers 200 without calling the function.
+
+    It can only answer once the app has loaded, so it tells the watchdog (``ready_path``) that
+    requests will be served.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == READY_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+            return [b"OK"]
+        return self.app(environ, start_response)
 
 
 def _post_fork(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
@@ -95,6 +156,28 @@ def _post_worker_init(worker: Any) -> None:  # noqa: ARG001 - gunicorn hook sign
     from minitwitter.runtime import freeze_loaded_objects
 
     freeze_loaded_objects()  # the app is loaded: full collections skip it from now on
+    lock = watchdog_lock_file(os.environ)
+    if lock is not None:
+        lock.touch()
+
+
+def _on_exit(server: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
+    lock = watchdog_lock_file(os.environ)
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+
+
+def watchdog_lock_file(env: Mapping[str, str]) -> Path | None:
+    """The watchdog's lock file, when this server keeps it instead (``suppress_lock=true``).
+
+    of-watchdog's ``/_/health`` (and ``/_/ready``) answer 200 only while ``$TMPDIR/.lock``
+    exists. The watchdog writes it as soon as it starts, before the function can answer; with
+    ``suppress_lock=true`` it leaves that to us, and we write it once the function has loaded.
+    The watchdog still removes it on SIGTERM.
+    """
+    if env.get("suppress_lock", "").strip().lower() != "true":
+        return None
+    return Path(env.get("TMPDIR") or "/tmp") / ".lock"  # noqa: S108 - Go's os.TempDir()
 
 
 def _worker_exit(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
@@ -111,33 +194,36 @@ def _child_exit(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn ho
 
 def prepare_metrics_dir(env: Mapping[str, str]) -> None:
     """Start with an empty ``PROMETHEUS_MULTIPROC_DIR`` (stale files would be double counted)."""
+    import shutil
+
     path = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
     if path:
         shutil.rmtree(path, ignore_errors=True)
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
-class FunctionServer(BaseApplication):  # type: ignore[misc] - gunicorn is untyped
+def function_server(options: dict[str, Any]) -> Any:
     """gunicorn configured in code (no config file, no command line)."""
+    from gunicorn.app.base import BaseApplication
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
+    class FunctionServer(BaseApplication):  # type: ignore[misc] - gunicorn is untyped
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
 
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
+        def load(self) -> Callable[..., Any]:
+            return build_app()
 
-    def load(self) -> Callable[..., Any]:
-        return build_app()
+    return FunctionServer()
 
 
 def main() -> None:
-    """Check the handler exists, then serve until SIGTERM (exit 0 after draining)."""
+    """Listen at once, check the handler exists, then serve until SIGTERM (exit 0 after draining)."""
+    listener = bind_early(bind_address(os.environ))
     if not HANDLER.is_file():
         raise SystemExit(f"no function handler at {HANDLER}")
     prepare_metrics_dir(os.environ)
-    FunctionServer(server_options(os.environ)).run()
+    function_server(server_options(os.environ, listener.detach())).run()
 
 
 if __name__ == "__main__":
