@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from minitwitter import errors, logs
+from minitwitter import errors
 from minitwitter.config import get_config
 
 from .processes import GATEWAY_SERVER_ARGV, QUEUE_WORKERS_ARGV
@@ -38,6 +38,7 @@ DEFAULT_WAIT_SECONDS = 60.0
 
 def wait_and_migrate(timeout: float, sleep: Callable[[float], None] = time.sleep) -> list[int]:
     """Apply pending migrations, retrying while PostgreSQL is not reachable yet."""
+    # Imported here, after main emptied PROMETHEUS_MULTIPROC_DIR: see main.
     from minitwitter import db, migrate
 
     deadline = time.monotonic() + timeout
@@ -87,11 +88,14 @@ def healthy(role: str) -> bool:
         import redis
         from rq import Worker
 
-        from minitwitter import cache
-
         try:
+            # A client of its own, not minitwitter.cache's: the library's stores count their
+            # failures in its metrics, and importing those writes this process's sample files
+            # into PROMETHEUS_MULTIPROC_DIR; a healthcheck runs every few seconds.
+            conn = redis.Redis.from_url(cfg.redis_url, socket_timeout=cfg.redis_timeout,
+                                        socket_connect_timeout=cfg.redis_timeout)
             hostname = socket.gethostname()
-            return any(w.hostname == hostname for w in Worker.all(connection=cache.shared_client()))
+            return any(w.hostname == hostname for w in Worker.all(connection=conn))
         except (redis.RedisError, OSError):
             return False
     raise ValueError(f"unknown role {role!r}")
@@ -112,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if healthy(args.role) else 1
     # Before anything can count a metric (a failed connection does): samples go to this folder.
     reset_metrics_dir()
+    # Imported only now: logs, like the library's stores, reports to minitwitter.metrics, and
+    # importing that module writes this process's sample files into the folder just emptied.
+    from minitwitter import logs
+
     logs.configure_logging("entrypoint")
     if not args.no_migrate:
         try:
