@@ -39,6 +39,7 @@ down: ## stop the compose topology (DOWN_ARGS=-v also deletes its volumes)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared gateway functions templates tests scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 migrate: $(STAMP)
 	$(PY) -m minitwitter.migrate
