@@ -39,17 +39,21 @@ import math
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any, TypeVar
 
-from minitwitter import metrics
+import redis
+
+from minitwitter import cache, logs, metrics, ratelimit
 from minitwitter.config import Config
-from minitwitter.http import dumps
+from minitwitter.http import client_address, dumps, new_call_id
 from minitwitter.runtime import WSGIEnv
 
 from .app import Gateway
+from .microcache import FLUSH_INTERVAL, HitCounts, MicroCache, wall_to_monotonic
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -69,6 +73,8 @@ RETRY_AFTER = 1
 ASYNC_BODY_FACTOR = 16
 
 FUNCTION_PREFIX = "/function/"
+#: The micro-cache's name in ``minitwitter_cache_requests_total{cache}``.
+MICROCACHE = "gateway_microcache"
 
 
 class Overloaded(Exception):
@@ -341,6 +347,11 @@ class Edge:
         self.functions: Slots | None = None
         self.control: Slots | None = None
         self.streams = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        ttl = config.gateway_microcache_ttl
+        self.microcache = MicroCache(ttl) if ttl > 0 else None
+        self.hits = HitCounts()
+        self._counting = False
 
     # -- granian's RSGI hooks -----------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -358,6 +369,7 @@ class Edge:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Create this process's threads, bound to ``loop`` (granian calls it once per worker)."""
+        self.loop = loop
         self.functions = Slots(loop, self.config.gateway_threads, self.config.gateway_queue_timeout,
                                "function-slot")
         self.control = Slots(loop, CONTROL_THREADS, self.config.gateway_queue_timeout, "control")
@@ -385,6 +397,13 @@ class Edge:
         body = b""
         headers = scope.headers
         declared = headers.get("content-length")
+        cache_key = None
+        if (is_function and self.microcache is not None and scope.method == "GET"
+                and "authorization" not in headers and declared is None and "transfer-encoding" not in headers):
+            cache_key = f"{path}?{scope.query_string}"
+            hit = self.answer_from_cache(scope, cache_key)
+            if hit is not None:
+                return hit
         if declared is not None or "transfer-encoding" in headers:
             limit = self.function_body_limit if is_function else self.other_body_limit
             if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -419,7 +438,12 @@ class Edge:
                 answer = gateway.refused(invocation, "too many timed-out function calls are still running",
                                          {"stuck_calls": self.functions.stuck}, RETRY_AFTER)
             status, response_headers, response_body = answer
-            return _status_code(status), response_headers, response_body
+            code = _status_code(status)
+            if self.microcache is not None and self.loop is not None and scope.method == "GET":
+                if cache_key is not None and code == 200:
+                    self.microcache.put(cache_key, response_headers, response_body, self.loop.time())
+                response_headers.append(("X-Cache-Status", "MISS" if cache_key is not None else "BYPASS"))
+            return code, response_headers, response_body
         try:
             status, response_headers, response_body = await self.control.call(
                 lambda: self.call_wsgi(environ), self.config.function_timeout or None)
@@ -429,6 +453,62 @@ class Edge:
         except CallTimedOut:
             return _error(504, "the gateway did not answer in time")
         return _status_code(status), response_headers, response_body
+
+    # -- the micro-cache (gateway/microcache.py) ----------------------------------------------
+    def answer_from_cache(self, scope: Any, key: str) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """A stored page for an anonymous GET, counted, logged and stamped as its own call; None
+        when there is none (or its client is over budget: the function path answers)."""
+        assert self.microcache is not None and self.loop is not None
+        started = time.perf_counter()
+        now = self.loop.time()
+        entry = self.microcache.get(key, now)
+        if entry is None:
+            metrics.child(metrics.CACHE_REQUESTS, MICROCACHE, "miss").inc()
+            return None
+        if self.config.rate_limit_enabled:
+            headers = scope.headers
+            client = client_address(scope.client.rpartition(":")[0].strip("[]"),
+                                    headers.get("x-forwarded-for") or "")
+            if not self.hits.allows(client, now):
+                return None
+            self.count_hits_soon()
+        metrics.child(metrics.CACHE_REQUESTS, MICROCACHE, "hit").inc()
+        name, namespace, sub_path = self.gateway.split_target(scope.path[len(FUNCTION_PREFIX):])
+        call_id = scope.headers.get("x-call-id") or new_call_id()
+        duration = time.perf_counter() - started
+        function_name = f"{name}.{namespace}"
+        metrics.child(metrics.GATEWAY_INVOCATIONS, function_name, "200").inc()
+        metrics.child(metrics.GATEWAY_SECONDS, function_name, "200").observe(duration)
+        with logs.context(function=name, call_id=call_id):
+            logs.log_request({"method": "GET", "path": sub_path, "status": 200,
+                              "duration_ms": round(duration * 1000, 3), "cache": "hit"})
+        return 200, [*entry.headers, ("X-Call-Id", call_id), ("X-Start-Time", str(time.time_ns())),
+                     ("X-Duration-Seconds", f"{duration:.6f}"), ("X-Cache-Status", "HIT")], entry.body
+
+    def count_hits_soon(self) -> None:
+        """Have the hits counted in Redis within :data:`FLUSH_INTERVAL` (one batch at a time)."""
+        if not self._counting:
+            assert self.loop is not None
+            self._counting = True
+            self.loop.call_later(FLUSH_INTERVAL, lambda: asyncio.ensure_future(self.count_hits()))
+
+    async def count_hits(self) -> None:
+        """Send the waiting hit counts on a control thread; refuse the clients over budget."""
+        assert self.control is not None
+        batch = self.hits.take()
+        try:
+            decisions = await self.control.call(lambda: ratelimit.add_ip_counts(batch), None) if batch else {}
+        except (redis.RedisError, OSError) as exc:  # Redis down: hits go through, as every request
+            cache.mark_down(exc)
+            decisions = {}
+        except (Overloaded, TooManyStuckCalls):
+            decisions = {}
+        for client, decision in decisions.items():
+            if not decision.allowed:
+                self.hits.refuse(client, wall_to_monotonic(decision.reset_at))
+        self._counting = False
+        if self.hits.pending:
+            self.count_hits_soon()
 
     @staticmethod
     def _refused(reason: str, status: int, message: str, details: dict[str, Any],

@@ -141,6 +141,27 @@ def set_process_name(name: str) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
+#: mallopt(3) option: the size from which malloc maps memory of its own for an allocation.
+M_MMAP_THRESHOLD = -3
+#: 128 KiB, glibc's starting value, kept fixed.
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def release_large_allocations() -> None:
+    """Have allocations of 128 KiB and more always mapped on their own, so that freeing them
+    gives the memory back to the system (inherited by the processes this one forks).
+
+    glibc raises that threshold each time such a block is freed, and serves later ones from its
+    per-thread heaps, which keep freed memory. A password hash (argon2id, 64 MiB, on a server
+    process's function thread) then left ~38 MiB behind in every server process that ever hashed
+    one: most of a server process's PSS after a login. A fixed threshold keeps them mapped.
+    """
+    import ctypes
+
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 def parent_death_preexec() -> Callable[[], None]:
     """A ``preexec_fn`` for ``subprocess.Popen`` that asks for SIGTERM when the starting process
     dies, and ends the child at once if it is already gone (between fork and exec, so no window

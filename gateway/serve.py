@@ -30,7 +30,7 @@ from minitwitter.config import Config, load_config
 from minitwitter.logs import FORMATTER_OPTIONS
 from minitwitter.runtime import preload_library
 
-from .processes import GATEWAY_SERVER_ARGV, Backoff, set_process_name
+from .processes import GATEWAY_SERVER_ARGV, Backoff, release_large_allocations, set_process_name
 
 log = logging.getLogger("minitwitter.gateway")
 
@@ -130,6 +130,7 @@ class SupervisedServer(MPServer):
 def main() -> None:
     config = load_config()
     set_process_name(MAIN_PROCESS_NAME)
+    release_large_allocations()
     logs.configure_logging("gateway-server")
     # What every server process imports, imported once here: they are forked with it in shared
     # pages (PSS per server process 49 -> 2x MiB). The app itself is built in each of them.

@@ -88,7 +88,7 @@ POST_TEXTS = (
 )
 TOPOLOGIES = ("single", "seed")
 #: What docker-compose.yml gives each gateway replica (x-gateway's defaults).
-SEED_REPLICA_ENV = {"GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "2"}
+SEED_REPLICA_ENV = {"GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "2", "GATEWAY_MICROCACHE_TTL": "0"}
 
 
 # -- wrk output ----------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ def base_env(stores: dict[str, str], **extra: str) -> dict[str, str]:
         "CALLBACK_ALLOW_HOSTS": "127.0.0.1,localhost,::1",
         "SENTIMENT_BACKEND": "vader",
         "OLLAMA_HOST": "http://127.0.0.1:9",
+        # Anonymous reads through a test gateway see every write at once; the micro-cache's own
+        # tests (tests/test_microcache.py) turn it on.
+        "GATEWAY_MICROCACHE_TTL": "0",
     })
     env.update(extra)
     return env

@@ -137,6 +137,8 @@ class Config:
     gateway_queue_timeout: float = 5.0
     #: Seconds in-flight requests get to finish when the gateway is told to stop.
     gateway_drain_timeout: float = 10.0
+    #: Seconds an anonymous public read is answered from the gateway's micro-cache (0: off).
+    gateway_microcache_ttl: float = 1.0
     #: Name the answering host (X-Gateway-Instance) and the exact gateway version (X-Served-By)
     #: on responses: off, so probes learn neither; on behind a load balancer to see it work.
     gateway_identity_headers: bool = False
@@ -249,6 +251,7 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         gateway_read_timeout=_positive(env, "GATEWAY_READ_TIMEOUT", d.gateway_read_timeout),
         gateway_queue_timeout=_positive(env, "GATEWAY_QUEUE_TIMEOUT", d.gateway_queue_timeout),
         gateway_drain_timeout=_positive(env, "GATEWAY_DRAIN_TIMEOUT", d.gateway_drain_timeout),
+        gateway_microcache_ttl=_float(env, "GATEWAY_MICROCACHE_TTL", d.gateway_microcache_ttl),
         gateway_identity_headers=_bool(env, "GATEWAY_IDENTITY_HEADERS", d.gateway_identity_headers),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes),
         trusted_proxies=_list(env, "TRUSTED_PROXIES", ",".join(d.trusted_proxies)),

@@ -165,7 +165,12 @@ def client_ip(request: Request) -> str:
     carried: str | None = request.environ.get(identity.ENVIRON_KEY)
     if carried:
         return carried
-    peer = request.remote_addr or "0.0.0.0"
+    return client_address(request.remote_addr or "0.0.0.0", request.headers.get("X-Forwarded-For", ""))
+
+
+def client_address(peer: str, forwarded_for: str) -> str:
+    """The client's address from the connection's ``peer`` and its ``X-Forwarded-For`` header
+    (see :func:`client_ip`)."""
     proxies = get_config().trusted_proxies
 
     def is_trusted(addr: str) -> bool:
@@ -173,7 +178,7 @@ def client_ip(request: Request) -> str:
 
     if not is_trusted(peer):
         return peer
-    forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+    forwarded = [a.strip() for a in forwarded_for.split(",") if a.strip()]
     for addr in reversed(forwarded):
         if not is_trusted(addr):
             try:

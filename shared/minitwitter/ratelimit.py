@@ -97,6 +97,29 @@ def _apply(scope: str, decision: Decision) -> None:
                                  limit=decision.limit, reset_at=decision.reset_at)
 
 
+#: INCRBY the window's counter by ARGV[2] and give a new one its expiry (ARGV[1]); the new count.
+_ADD = cache.Lua("""
+local used = redis.call('INCRBY', KEYS[1], ARGV[2])
+if used == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return used
+""")
+
+
+def add_ip_counts(counts: dict[str, int], scope: str = "api") -> dict[str, Decision]:
+    """Count several requests per client IP at once, in one round trip (requests answered
+    without reaching a function: the gateway's micro-cache); the decision per IP. Same windows
+    and keys as :func:`check_ip`, so both kinds of request share one budget. Raises Redis errors."""
+    cfg = get_config()
+    window, limit = cfg.rate_limit_window, ip_limit(scope, cfg)
+    now = int(time.time())
+    start = now - now % window
+    ips = list(counts)
+    replies = _ADD.each(cache.client(cfg), [([f"rl:{scope}:ip:{ip}:{start}"], [window + 1, counts[ip]])
+                                            for ip in ips])
+    return {ip: Decision(limit=limit, remaining=limit - int(used), reset_at=start + window)
+            for ip, used in zip(ips, replies, strict=True)}
+
+
 def check_ip(scope: str, ip: str) -> None:
     """Count a request from ``ip`` in ``scope`` (RateLimited, when over budget, comes when the
     count is settled: see :func:`count`)."""
