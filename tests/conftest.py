@@ -97,6 +97,8 @@ def base_env(stores: dict[str, str], **extra: str) -> dict[str, str]:
         # Anonymous reads through a test gateway see every write at once; the micro-cache's own
         # tests (tests/test_microcache.py) turn it on.
         "GATEWAY_MICROCACHE_TTL": "0",
+        # ...and every request line is stored, fast reads too (tests look requests up by call id).
+        "LOG_STORE_READS_ONE_IN": "1",
     })
     env.update(extra)
     return env

@@ -249,3 +249,29 @@ def test_the_request_line_takes_the_ordinary_path_when_another_handler_listens(
     with caplog.at_level(logging.INFO, logger=logs.REQUEST_LOGGER):
         logs.log_request({"method": "GET", "path": "/", "status": 200, "duration_ms": 1.0})
     assert [(r.name, r.getMessage(), r.status) for r in caplog.records] == [(logs.REQUEST_LOGGER, "request", 200)]
+
+
+@pytest.mark.no_stores
+def test_fast_successful_reads_are_stored_one_in_n_and_everything_else_always(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented sampling rule: every request line reaches the stream; PostgreSQL gets one
+    in LOG_STORE_READS_ONE_IN of the fast successful GETs and every error, slow request and write."""
+    stored: list[str] = []
+    sink = logs.LogSink(io.StringIO(), capacity=1000, store=lambda batch: stored.extend(batch) or len(batch))
+    handler = logs.JsonLogHandler(sink)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(logs, "_handler", handler)
+    monkeypatch.setattr(logging.getLogger(logs.REQUEST_LOGGER), "level", logging.INFO)
+    monkeypatch.setattr(logs, "_store_reads_one_in", 10)
+    monkeypatch.setattr(logs, "_slow_ms", 100.0)
+    requests = ([{"method": "GET", "path": "/fast", "status": 200, "duration_ms": 1.0}] * 100
+                + [{"method": "GET", "path": "/missing", "status": 404, "duration_ms": 1.0}] * 7
+                + [{"method": "GET", "path": "/slow", "status": 200, "duration_ms": 150.0}] * 5
+                + [{"method": "POST", "path": "/", "status": 201, "duration_ms": 1.0}] * 6)
+    for fields in requests:
+        logs.log_request(fields)
+    sink.flush()
+    assert len(sink.stream.getvalue().splitlines()) == len(requests)  # the stream: every line
+    paths = [json.loads(line)["path"] for line in stored]
+    assert paths.count("/fast") == 10  # one in ten
+    assert (paths.count("/missing"), paths.count("/slow"), paths.count("/")) == (7, 5, 6)  # always

@@ -192,6 +192,10 @@ class Config:
     log_level: str = "INFO"
     log_to_db: bool = True
     log_buffer_size: int = 10000
+    #: A fast successful read's request line is stored in PostgreSQL one in this many (1: all).
+    log_store_reads_one_in: int = 10
+    #: Milliseconds from which a request is slow: its line is always stored.
+    log_slow_ms: float = 100.0
     log_retention_days: int = 30
     log_prune_interval: float = 3600.0
     logs_follow_max_seconds: float = 3600.0
@@ -294,6 +298,8 @@ def load_config(environ: Mapping[str, str] | None = None, secrets_dir: Path | No
         log_level=env.get("LOG_LEVEL", d.log_level).upper(),
         log_to_db=_bool(env, "LOG_TO_DB", d.log_to_db),
         log_buffer_size=_int(env, "LOG_BUFFER_SIZE", d.log_buffer_size),
+        log_store_reads_one_in=max(1, _int(env, "LOG_STORE_READS_ONE_IN", d.log_store_reads_one_in)),
+        log_slow_ms=_float(env, "LOG_SLOW_MS", d.log_slow_ms),
         log_retention_days=_int(env, "LOG_RETENTION_DAYS", d.log_retention_days),
         log_prune_interval=_float(env, "LOG_PRUNE_INTERVAL", d.log_prune_interval),
         logs_follow_max_seconds=_float(env, "LOGS_FOLLOW_MAX_SECONDS", d.logs_follow_max_seconds),

@@ -263,13 +263,15 @@ SENTIMENT_BACKEND_CONFIGURED = Gauge(
 )
 
 # --- Logs ------------------------------------------------------------------------------------
-LOG_RECORDS = Counter("minitwitter_log_records", "Log records by fate (stored/dropped)", ["outcome"])
+LOG_RECORDS = Counter("minitwitter_log_records",
+                      "Log records by fate (stored, dropped, not_stored: a fast read's line sampled out)",
+                      ["outcome"])
 
 # Error counters with a known, bounded label set start at 0 in every process, so "no errors yet"
 # is a real zero on dashboards and in rate() instead of an absent series.
 for _dependency in ("postgres", "redis"):
     DEPENDENCY_ERRORS.labels(dependency=_dependency)
-for _outcome in ("stored", "dropped"):
+for _outcome in ("stored", "dropped", "not_stored"):
     LOG_RECORDS.labels(outcome=_outcome)
 for _reason in ("read_timeout", "too_large", "overloaded", "stuck_calls"):
     GATEWAY_REFUSED.labels(reason=_reason)
