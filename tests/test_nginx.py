@@ -233,14 +233,10 @@ def test_killing_a_replica_loses_no_request(cluster: tuple[Nginx, list[Any]], ho
     # Once nginx noticed, only the survivor answers.
     assert after_kill[-20:] == [ids[0]] * 20
     assert elapsed < 60, f"{total} requests took {elapsed:.1f}s"
-    # The access log (JSON lines, written within a second) shows the failover: requests that
-    # tried both replicas.
-    def retried() -> list[dict[str, Any]]:
-        entries = [json.loads(line) for line in nginx.output().splitlines() if line.startswith("{")]
-        return [e for e in entries if ", " in e["upstream"]]
-
-    found = eventually(retried, timeout=5)
-    assert all(e["status"] == 200 for e in found), found[:3]
+    # The access log (JSON lines) shows the failover: requests that tried both replicas.
+    entries = [json.loads(line) for line in nginx.output().splitlines() if line.startswith("{")]
+    retried = [e for e in entries if ", " in e["upstream"]]
+    assert retried and all(e["status"] == 200 for e in retried), retried[:3]
 
 
 def test_oversized_body_gets_413_from_nginx(cluster: tuple[Nginx, list[Any]]) -> None:
@@ -307,7 +303,7 @@ def test_slow_clients_end_at_nginx_and_never_reach_a_gateway(cluster: tuple[Ngin
             assert http.post("/function/echo", content=b"{}").status_code == 200
         for sock in stalled:
             assert sock.recv(65536) == b""  # closed after client_body_timeout, nothing sent
-        eventually(lambda: '"status":408' in nginx.output(), timeout=5)  # logged within a second
+        assert '"status":408' in nginx.output()
     finally:
         for sock in stalled:
             sock.close()
@@ -341,7 +337,7 @@ def test_anonymous_reads_are_cached_for_a_second_and_signed_in_ones_never(cluste
         assert noticed.json()["call_id"] == first.json()["call_id"]
         eventually(lambda: http.get("/function/echo/page").json()["call_id"] != first.json()["call_id"],
                    timeout=3, interval=0.1)
-    eventually(lambda: '"cache":"HIT"' in nginx.output(), timeout=5)  # hits are in nginx's access log
+    assert '"cache":"HIT"' in nginx.output()  # hits are in nginx's access log
 
 
 def test_a_writer_reads_its_own_write_at_once_and_anonymous_readers_within_two_seconds(
