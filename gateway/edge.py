@@ -352,6 +352,8 @@ class Edge:
         self.microcache = MicroCache(ttl) if ttl > 0 else None
         self.hits = HitCounts()
         self._counting = False
+        #: URLs whose entry one caller is refreshing now, and what the others wait on.
+        self._refreshing: dict[str, asyncio.Future[None]] = {}
 
     # -- granian's RSGI hooks -----------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -397,11 +399,12 @@ class Edge:
         body = b""
         headers = scope.headers
         declared = headers.get("content-length")
-        cache_key = None
+        cache_key: str | None = None
+        refreshing: asyncio.Future[None] | None = None
         if (is_function and self.microcache is not None and scope.method == "GET"
                 and "authorization" not in headers and declared is None and "transfer-encoding" not in headers):
             cache_key = f"{path}?{scope.query_string}"
-            hit = self.answer_from_cache(scope, cache_key)
+            hit, refreshing = await self.answer_from_cache(scope, cache_key)
             if hit is not None:
                 return hit
         if declared is not None or "transfer-encoding" in headers:
@@ -418,32 +421,11 @@ class Edge:
         environ = environ_of(scope, body)
         assert self.functions is not None and self.control is not None
         if is_function:
-            gateway = self.gateway
-            invocation = gateway.begin(environ, path[len(FUNCTION_PREFIX):])
             try:
-                answer = await self.functions.call(lambda: gateway.call(invocation, environ),
-                                                   self.config.function_timeout or None,
-                                                   invocation.function_name)
-            except CallTimedOut:
-                answer = gateway.timed_out(invocation)
-            except Overloaded:
-                metrics.child(metrics.GATEWAY_REFUSED, "overloaded").inc()
-                answer = gateway.refused(invocation, "every function slot is busy",
-                                         {"queue_timeout_seconds": self.config.gateway_queue_timeout},
-                                         RETRY_AFTER)
-            except TooManyStuckCalls:
-                metrics.child(metrics.GATEWAY_REFUSED, "stuck_calls").inc()
-                log.error("refused: too many timed-out calls still running",
-                          extra={"function": invocation.name, "stuck_calls": self.functions.stuck})
-                answer = gateway.refused(invocation, "too many timed-out function calls are still running",
-                                         {"stuck_calls": self.functions.stuck}, RETRY_AFTER)
-            status, response_headers, response_body = answer
-            code = _status_code(status)
-            if self.microcache is not None and self.loop is not None and scope.method == "GET":
-                if cache_key is not None and code == 200:
-                    self.microcache.put(cache_key, response_headers, response_body, self.loop.time())
-                response_headers.append(("X-Cache-Status", "MISS" if cache_key is not None else "BYPASS"))
-            return code, response_headers, response_body
+                return await self.answer_function(scope, environ, cache_key)
+            finally:
+                if cache_key is not None and refreshing is not None:
+                    self.refreshed(cache_key, refreshing)
         try:
             status, response_headers, response_body = await self.control.call(
                 lambda: self.call_wsgi(environ), self.config.function_timeout or None)
@@ -454,23 +436,65 @@ class Edge:
             return _error(504, "the gateway did not answer in time")
         return _status_code(status), response_headers, response_body
 
+    async def answer_function(self, scope: Any, environ: WSGIEnv,
+                              cache_key: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A ``/function/*`` call on a slot (stored in the micro-cache when ``cache_key``)."""
+        assert self.functions is not None
+        gateway = self.gateway
+        invocation = gateway.begin(environ, scope.path[len(FUNCTION_PREFIX):])
+        try:
+            answer = await self.functions.call(lambda: gateway.call(invocation, environ),
+                                               self.config.function_timeout or None,
+                                               invocation.function_name)
+        except CallTimedOut:
+            answer = gateway.timed_out(invocation)
+        except Overloaded:
+            metrics.child(metrics.GATEWAY_REFUSED, "overloaded").inc()
+            answer = gateway.refused(invocation, "every function slot is busy",
+                                     {"queue_timeout_seconds": self.config.gateway_queue_timeout},
+                                     RETRY_AFTER)
+        except TooManyStuckCalls:
+            metrics.child(metrics.GATEWAY_REFUSED, "stuck_calls").inc()
+            log.error("refused: too many timed-out calls still running",
+                      extra={"function": invocation.name, "stuck_calls": self.functions.stuck})
+            answer = gateway.refused(invocation, "too many timed-out function calls are still running",
+                                     {"stuck_calls": self.functions.stuck}, RETRY_AFTER)
+        status, response_headers, response_body = answer
+        code = _status_code(status)
+        if self.microcache is not None and self.loop is not None and scope.method == "GET":
+            if cache_key is not None and code == 200:
+                self.microcache.put(cache_key, response_headers, response_body, self.loop.time())
+            response_headers.append(("X-Cache-Status", "MISS" if cache_key is not None else "BYPASS"))
+        return code, response_headers, response_body
+
     # -- the micro-cache (gateway/microcache.py) ----------------------------------------------
-    def answer_from_cache(self, scope: Any, key: str) -> tuple[int, list[tuple[str, str]], bytes] | None:
-        """A stored page for an anonymous GET, counted, logged and stamped as its own call; None
-        when there is none (or its client is over budget: the function path answers)."""
+    async def answer_from_cache(self, scope: Any, key: str) -> tuple[
+            tuple[int, list[tuple[str, str]], bytes] | None, asyncio.Future[None] | None]:
+        """``(page, None)``: a stored page for an anonymous GET, counted, logged and stamped as a
+        call of its own. ``(None, refresh)``: the caller asks the function, and its answer
+        refreshes ``key``; it must call :meth:`refreshed` with ``refresh`` when it has it.
+        ``(None, None)``: the caller asks the function (its client is over budget)."""
         assert self.microcache is not None and self.loop is not None
         started = time.perf_counter()
         now = self.loop.time()
         entry = self.microcache.get(key, now)
-        if entry is None:
+        pending = self._refreshing.get(key)
+        if entry is None and pending is not None:  # the refreshing caller's answer will be stored
+            await asyncio.shield(pending)
+            now = self.loop.time()
+            entry = self.microcache.get(key, now)
+            pending = self._refreshing.get(key)
+        if entry is None or (entry.expires <= now and pending is None):
             metrics.child(metrics.CACHE_REQUESTS, MICROCACHE, "miss").inc()
-            return None
+            refresh: asyncio.Future[None] = self.loop.create_future()
+            self._refreshing[key] = refresh
+            return None, refresh
         if self.config.rate_limit_enabled:
             headers = scope.headers
             client = client_address(scope.client.rpartition(":")[0].strip("[]"),
                                     headers.get("x-forwarded-for") or "")
             if not self.hits.allows(client, now):
-                return None
+                return None, None
             self.count_hits_soon()
         metrics.child(metrics.CACHE_REQUESTS, MICROCACHE, "hit").inc()
         name, namespace, sub_path = self.gateway.split_target(scope.path[len(FUNCTION_PREFIX):])
@@ -482,8 +506,18 @@ class Edge:
         with logs.context(function=name, call_id=call_id):
             logs.log_request({"method": "GET", "path": sub_path, "status": 200,
                               "duration_ms": round(duration * 1000, 3), "cache": "hit"})
-        return 200, [*entry.headers, ("X-Call-Id", call_id), ("X-Start-Time", str(time.time_ns())),
-                     ("X-Duration-Seconds", f"{duration:.6f}"), ("X-Cache-Status", "HIT")], entry.body
+        status = "HIT" if entry.expires > now else "UPDATING"
+        return (200, [*entry.headers, ("X-Call-Id", call_id), ("X-Start-Time", str(time.time_ns())),
+                      ("X-Duration-Seconds", f"{duration:.6f}"), ("X-Cache-Status", status)],
+                entry.body), None
+
+    def refreshed(self, key: str, refresh: asyncio.Future[None]) -> None:
+        """The caller refreshing ``key`` has its answer (stored if it was a 200), or gave up:
+        release the callers waiting for it."""
+        if self._refreshing.get(key) is refresh:
+            del self._refreshing[key]
+        if not refresh.done():
+            refresh.set_result(None)
 
     def count_hits_soon(self) -> None:
         """Have the hits counted in Redis within :data:`FLUSH_INTERVAL` (one batch at a time)."""

@@ -4,13 +4,15 @@ limits, the log line, metrics)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from gateway.microcache import MicroCache
+from gateway.microcache import STALE_FOR, MicroCache
+from minitwitter.config import REPO_ROOT
 from minitwitter import db
 from tests.conftest import eventually
 
@@ -93,6 +95,35 @@ def test_hits_count_against_the_clients_rate_limit(start_gateway: Any) -> None:
     assert int(answers[-1].headers["Retry-After"]) > 0
 
 
+def test_one_caller_per_page_reaches_the_function_the_others_wait_or_get_the_old_page(
+        start_gateway: Any) -> None:
+    """Concurrent anonymous readers of one URL: with nothing stored, one calls the function and
+    the others wait for its answer; once it has expired, one refreshes it and the others get
+    the expired page meanwhile (UPDATING). sleepy answers after ?seconds=."""
+    gw = start_gateway(GATEWAY_MICROCACHE_TTL="1", GATEWAY_WORKERS="1", GATEWAY_THREADS="2",
+                       STACK_FILE=str(REPO_ROOT / "tests" / "fixtures" / "stack.yml"))
+    url = gw.url + "/function/sleepy?seconds=0.5"
+
+    def calls() -> float:
+        metrics = httpx.get(gw.url + "/metrics").text
+        line = next((x for x in metrics.splitlines() if x.startswith(
+            'gateway_function_invocation_started_total{function_name="sleepy.openfaas-fn"}')), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    def together(n: int) -> list[httpx.Response]:
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda _: httpx.get(url, timeout=30), range(n)))
+
+    first = together(8)
+    assert [r.status_code for r in first] == [200] * 8
+    assert sorted(r.headers["X-Cache-Status"] for r in first) == ["HIT"] * 7 + ["MISS"]
+    eventually(lambda: calls() == 1.0)  # one function call for eight readers
+    time.sleep(1.2)  # expired
+    second = together(8)
+    assert sorted(r.headers["X-Cache-Status"] for r in second) == ["MISS"] + ["UPDATING"] * 7
+    eventually(lambda: calls() == 2.0)
+
+
 @pytest.mark.no_stores
 def test_entries_expire_and_the_cache_stays_within_its_bounds() -> None:
     cache = MicroCache(ttl=1.0, max_entries=3, max_bytes=4000)
@@ -101,7 +132,9 @@ def test_entries_expire_and_the_cache_stays_within_its_bounds() -> None:
     entry = cache.get("/a?", now=0.5)
     assert entry is not None and entry.body == b"a" * 500
     assert entry.headers == [("Content-Type", "application/json")]  # per-request headers dropped
-    assert cache.get("/a?", now=1.0) is None and cache.size == 0  # expired and gone
+    stale = cache.get("/a?", now=1.5)  # expired: still there, to serve while it is refreshed
+    assert stale is not None and stale.expires <= 1.5
+    assert cache.get("/a?", now=1.0 + STALE_FOR) is None and cache.size == 0  # then gone
     for key in "bcde":
         cache.put(f"/{key}?", headers, b"x" * 900, now=2.0)
     assert [k for k in "bcde" if cache.get(f"/{k}?", now=2.1)] == ["c", "d", "e"]  # oldest out
