@@ -171,7 +171,14 @@ def test_metrics_exposition_is_valid_with_every_collector_registered() -> None:
     text, _ = metrics.render()
     result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True,
                             timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # OpenFaaS's gateway names its replica gauge gateway_service_count (the contract, and what its
+    # autoscaling rules read), which promtool's naming lint flags whenever the gateway's collector
+    # is registered in this process (it is once a test has built a gateway app). Only that lint
+    # finding (exit 3) is accepted; any error or other finding fails.
+    contract_names = {b'gateway_service_count non-histogram and non-summary metrics should not have "_count" suffix'}
+    findings = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode in (0, 3), result.stdout + result.stderr
+    assert [line for line in findings if line not in contract_names] == [], findings
     assert text.count(b"# TYPE minitwitter_sentiment_oldest_pending_age_seconds ") == 1
 
 
