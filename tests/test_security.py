@@ -565,6 +565,7 @@ def redis_holding(*secrets: str) -> list[str]:
     import binascii
     import zlib
 
+    from rq.exceptions import NoSuchJobError
     from rq.job import Job
 
     r = cache.client()
@@ -593,8 +594,12 @@ def redis_holding(*secrets: str) -> list[str]:
                 b"set": ("SMEMBERS",), b"zset": ("ZRANGE", 0, -1)}.get(kind)
         found = texts(r.execute_command(read[0], key, *read[1:])) if read else []
         if key.startswith(b"rq:job:") and kind == b"hash":
-            job = Job.fetch(key[len(b"rq:job:"):].decode(), connection=r)
-            found += texts([job.args, job.kwargs, job.meta])
+            try:
+                job = Job.fetch(key[len(b"rq:job:"):].decode(), connection=r)
+            except NoSuchJobError:
+                pass  # it finished between the scan and this read: what it held was read above
+            else:
+                found += texts([job.args, job.kwargs, job.meta])
         if any(secret.encode() in t for t in found for secret in secrets):
             holding.append(key.decode())
     return holding
