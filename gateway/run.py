@@ -18,8 +18,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,14 @@ from minitwitter.config import DEV_SECRETS_DIR, REPO_ROOT, Config, ensure_dev_se
 
 from . import embedded
 from .processes import (
-    GATEWAY_SERVER_ARGV,
     QUEUE_JOB_GRACE,
-    QUEUE_WORKERS_ARGV,
     Child,
+    ForkedChild,
     Running,
     Supervisor,
+    detach_from_terminal_signals,
     parent_death_preexec,
+    stop_on_signals_while_loading,
 )
 
 log = logging.getLogger("minitwitter.run")
@@ -70,33 +73,65 @@ def choose_stores(env: dict[str, str], stack: list[object], data_dir: Path) -> N
             env["REDIS_URL"] = rd.url
 
 
-def start_services(env: dict[str, str]) -> Supervisor:
+def start_services() -> Supervisor:
     """The supervisor of ``make run``'s two children, started: the gateway server (granian,
     ``gateway/serve.py``, which keeps its own worker processes running) and the queue side
     (``gateway/worker.py``, which keeps the queue workers and the scheduler running).
 
+    Both are forked from this process once it has imported everything they run (the library,
+    granian, RQ) and frozen it: all nine processes then share one copy of those pages (the
+    gateway's and the queue side's families each held their own before, ~40 MiB apiece). This
+    process therefore runs no thread, as the queue side's supervisor does (a fork inherits no
+    lock a thread held).
+
     Each child leads a process group of its own, so a terminal's Ctrl-C reaches only this
     process, which stops each child with one SIGTERM; each gets SIGTERM from the kernel should
-    this process die. A child that dies is started again after a back-off."""
+    this process die. A child that dies is forked again after a back-off. The containers start
+    the same two mains by command (:data:`~gateway.processes.GATEWAY_SERVER_ARGV`,
+    :data:`~gateway.processes.QUEUE_WORKERS_ARGV`)."""
     # Not at the top: prometheus_client picks where samples go (PROMETHEUS_MULTIPROC_DIR, set by
-    # main) when it is first imported.
+    # main) when it is first imported, and granian and RQ are only needed from here on.
     from minitwitter import metrics
 
-    def popen(argv: list[str]) -> Callable[[], Running]:
-        return lambda: subprocess.Popen(argv, env=env, cwd=REPO_ROOT, process_group=0,
-                                        preexec_fn=parent_death_preexec())
+    from . import serve, worker
 
+    serve.preload()  # the library (the queue side's too) and the gateway's edge; RQ came with worker
     for kind in ("gateway", "worker-supervisor"):
         metrics.PROCESS_RESTARTS.labels(kind=kind)
     supervisor = Supervisor(
-        [Child("gateway", "gateway", popen(list(GATEWAY_SERVER_ARGV)), own_group=True),
-         Child("worker-supervisor", "queue workers", popen(list(QUEUE_WORKERS_ARGV)),
+        [Child("gateway", "gateway", fork_main(serve.main, "gateway"), own_group=True),
+         Child("worker-supervisor", "queue workers", fork_main(worker.main, "worker-supervisor"),
                own_group=True)],
         log=lambda message, fields: log.warning(message, extra=fields),
         count=lambda kind: metrics.PROCESS_RESTARTS.labels(kind=kind).inc(),
     )
     supervisor.start()
     return supervisor
+
+
+def fork_main(main: Callable[[], object], name: str) -> Callable[[], Running]:
+    """How to start a child that runs ``main`` in a fork of this process: in a process group of
+    its own (set on both sides of the fork, so a stop right after it still reaches the group),
+    with the default action for SIGTERM/SIGINT until ``main`` installs its own, and SIGTERM from
+    the kernel when this process dies."""
+    on_parent_death = parent_death_preexec()
+
+    def child_main() -> None:
+        stop_on_signals_while_loading()
+        detach_from_terminal_signals()
+        on_parent_death()
+        main()
+
+    def start() -> Running:
+        if threading.active_count() > 1:  # a fork would inherit whatever lock another thread held
+            raise RuntimeError(f"make run forks {name} and so must run no thread: "
+                               f"{[t.name for t in threading.enumerate()]}")
+        child = ForkedChild(child_main, name)
+        with suppress(OSError):  # the child did it first, or is already gone
+            os.setpgid(child.pid, child.pid)
+        return child
+
+    return start
 
 
 def stop_grace(config: Config) -> float:
@@ -147,14 +182,16 @@ def main() -> int:
         # (PROMETHEUS_MULTIPROC_DIR, set above) when it is first imported.
         from minitwitter import logs
 
-        logs.configure_logging("run")
+        # No thread in this process (its children are forked from it): lines written at once.
+        logs.configure_logging("run", background=False)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])
+        os.environ.update(env)  # what the forked children read their settings from
         # Database, migrations and the stack's functions, in a child: this process stays small.
         if subprocess.run([sys.executable, "-m", "gateway.prepare"], env=env, cwd=REPO_ROOT,
                           check=False).returncode != 0:
             print("could not prepare the database; see the log above", file=sys.stderr)
             return 1
-        supervisor = start_services(env)
+        supervisor = start_services()
         url = f"http://{config.gateway_bind}:{config.gateway_port}"
         while not embedded.port_open(config.gateway_bind, config.gateway_port) and not stopping:
             if any(c.running is not None and c.running.poll() is not None for c in supervisor.children):

@@ -12,7 +12,8 @@ same way, are constants here (:data:`REFERENCE`); the goals are multiples of the
 1. The stack (``--topology``):
 
    * ``single`` (default): ``make run``'s gateway alone, started on a free loopback port as
-     ``make run`` does (granian via ``python -m gateway.serve`` plus ``python -m gateway.worker``);
+     ``make run`` does (``python -m gateway.run``, which forks granian's main process and the
+     queue-side supervisor);
    * ``seed``: the compose topology on this host: nginx with the repository's own
      ``gateway/nginx.conf`` (rendered by ``scripts/nginx.py`` as ``tests/test_nginx.py`` runs
      it) in front of two gateway replicas (``GATEWAY_WORKERS=2``, ``GATEWAY_THREADS=2`` each,
@@ -413,6 +414,14 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def process_name(pid: int) -> str:
+    """What ``ps -o comm`` shows for ``pid`` (``mt-gateway``); ``?`` when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def pss_kib(pid: int) -> int | None:
     """Proportional set size of ``pid`` in KiB (``/proc/<pid>/smaps_rollup``); None when gone."""
     try:
@@ -433,11 +442,7 @@ def measure_memory(groups: dict[str, list[int]], apart: tuple[str, ...] = ("ngin
             kib = pss_kib(pid)
             if kib is None:  # exited meanwhile, or a zombie
                 continue
-            try:
-                name = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                name = "?"
-            processes.append({"pid": pid, "name": name, "pss_kib": kib})
+            processes.append({"pid": pid, "name": process_name(pid), "pss_kib": kib})
         out["groups"][group] = {"pss_mib": round(sum(p["pss_kib"] for p in processes) / 1024, 1),
                                 "processes": processes}
     out["total_mib"] = round(sum(g["pss_mib"] for name, g in out["groups"].items() if name not in apart), 1)
@@ -537,30 +542,30 @@ def _sizes(env: dict[str, str]) -> tuple[int, int, int]:
 
 @contextmanager
 def single_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
-    """``make run``'s gateway alone: the gateway server and the queue workers, as ``make run``
-    starts them, on a free loopback port."""
+    """``make run``'s gateway alone: ``python -m gateway.run`` on the bench stores (it forks the
+    gateway server and the queue side from one preloaded process), on a free loopback port."""
     from gateway import serve
     from gateway.embedded import free_port
 
     port = free_port()
-    prom_dir = Path(tempfile.mkdtemp(prefix="bench-prom-"))
-    env = stack_env(database_url, redis_url, port, prom_dir)
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))  # its metrics folder, not the repo's
+    (data_dir / "prometheus").mkdir()
+    env = {**stack_env(database_url, redis_url, port, data_dir / "prometheus"), "DATA_DIR": str(data_dir)}
     _prepare_database(database_url, redis_url, env)
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with open(log_dir / "stack.log", "ab") as log:
-            procs.append(_start(serve.command(), env, log))
-            procs.append(_start([sys.executable, "-m", "gateway.worker"], env, log))
+            procs.append(_start([sys.executable, "-m", "gateway.run"], env, log))
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, procs[0])
+        _wait_healthy(url, procs[0], timeout=60.0)
         workers, threads, queue = _sizes(env)
+        mains = [pid for pid in process_tree(procs[0].pid) if process_name(pid) == serve.MAIN_PROCESS_NAME]
         yield Stack("single", url, f"`make run`'s gateway alone ({workers} server processes × {threads} "
-                    f"threads) + {queue} queue workers",
-                    {"gateway": [procs[0].pid], "queue workers": [procs[1].pid]}, [procs[0].pid])
+                    f"threads) + {queue} queue workers", {"make run": [procs[0].pid]}, mains)
     finally:
         _stop(procs)
-        shutil.rmtree(prom_dir, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def seed_nginx_conf(upstreams: tuple[str, str], listen: str, prefix: Path) -> str:
@@ -731,7 +736,7 @@ def python_speed_ms() -> float:
     a server does not.
     """
     def step(i: int) -> str:
-        record = {"id": i, "name": f"user{i}", "tags": [i, i + 1]}
+        record: dict[str, Any] = {"id": i, "name": f"user{i}", "tags": [i, i + 1]}
         record["size"] = len(record["name"]) + sum(record["tags"])
         return "{name}:{size}".format(**record)
 

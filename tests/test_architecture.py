@@ -31,6 +31,8 @@ PACKAGES = {"minitwitter": REPO_ROOT / "shared" / "minitwitter", "gateway": REPO
 DEFERRED: dict[tuple[str, str], str] = {
     ("gateway/run.py", "minitwitter.metrics"): "make run sets PROMETHEUS_MULTIPROC_DIR in main",
     ("gateway/run.py", "minitwitter.logs"): "make run sets PROMETHEUS_MULTIPROC_DIR in main",
+    ("gateway/run.py", "gateway.serve"): "make run sets PROMETHEUS_MULTIPROC_DIR in main (serve imports metrics)",
+    ("gateway/run.py", "gateway.worker"): "make run sets PROMETHEUS_MULTIPROC_DIR in main (worker imports metrics)",
     ("gateway/entrypoint.py", "minitwitter.logs"): "the container entrypoint empties the folder first",
     ("gateway/entrypoint.py", "minitwitter.db"): "the container entrypoint empties the folder first",
     ("gateway/entrypoint.py", "minitwitter.migrate"): "the container entrypoint empties the folder first",

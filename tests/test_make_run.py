@@ -68,6 +68,16 @@ def test_make_run_on_a_bare_machine_serves_the_api_and_stops_everything(tmp_path
 
             verdict = eventually(labelled, timeout=60, interval=0.5)
             assert verdict["label"] == "positive"
+        # The gateway and the queue side are forks of this process, not new programs, so that all
+        # of them share its preloaded pages; it runs no thread (a fork would inherit its locks).
+        tree = descendants(proc.pid)
+        names = sorted(name for _, name in tree.values())
+        assert names == ["mt-gateway", "mt-gateway-main", "mt-queue-worker", "mt-scheduler", "mt-worker-sup"], tree
+        run_cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        for pid, (parent, name) in tree.items():
+            if name in ("mt-gateway-main", "mt-worker-sup"):
+                assert parent == proc.pid and Path(f"/proc/{pid}/cmdline").read_bytes() == run_cmdline, name
+        assert "Threads:\t1\n" in Path(f"/proc/{proc.pid}/status").read_text()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -80,3 +90,24 @@ def test_make_run_on_a_bare_machine_serves_the_api_and_stops_everything(tmp_path
     time.sleep(0.5)
     for name in ("GATEWAY_PORT", "EMBEDDED_PG_PORT", "EMBEDDED_REDIS_PORT"):
         assert not embedded.port_open("127.0.0.1", ports[name]), f"{name} still open after Ctrl-C"
+
+
+def descendants(root: int) -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, ``comm``) of every process below ``root`` now (embedded stores aside)."""
+    parents: dict[int, tuple[int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        parents[int(stat.parent.name)] = (int(text[text.rindex(")") + 2:].split()[1]), name)
+    found: dict[int, tuple[int, str]] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, name) in parents.items():
+            if ppid == parent and name.startswith("mt-"):
+                found[pid] = (ppid, name)
+                frontier.append(pid)
+    return found

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from gateway.microcache import STALE_FOR, MicroCache
-from minitwitter.config import REPO_ROOT
 from minitwitter import db
+from minitwitter.config import REPO_ROOT
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
