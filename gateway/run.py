@@ -178,6 +178,12 @@ def main() -> int:
         choose_stores(env, started, data_dir)
         config = load_config(env)
         set_config(config)
+        if embedded.port_open(config.gateway_bind, config.gateway_port):
+            # Another program's listener would pass the start-up check below while the gateway
+            # could never bind: say so and stop rather than restart it for ever.
+            print(f"{config.gateway_bind}:{config.gateway_port} is already in use by another program: "
+                  "stop it or choose another GATEWAY_PORT", file=sys.stderr)
+            return 1
         # Not at the top: logs reports to metrics, and prometheus_client picks where samples go
         # (PROMETHEUS_MULTIPROC_DIR, set above) when it is first imported.
         from minitwitter import logs

@@ -111,3 +111,21 @@ def descendants(root: int) -> dict[int, tuple[int, str]]:
                 found[pid] = (ppid, name)
                 frontier.append(pid)
     return found
+
+
+def test_make_run_stops_at_once_when_its_port_is_taken(tmp_path: Path):
+    """A port another program listens on is reported, not crash-looped behind a false banner."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "GATEWAY_PORT": str(port), "DATA_DIR": str(tmp_path / "data"),
+               "SECRETS_DIR": str(ensure_dev_secrets(tmp_path / "secrets")),
+               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "shared"), str(REPO_ROOT)])}
+        done = subprocess.run([sys.executable, "-m", "gateway.run"], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"127.0.0.1:{port} is already in use by another program" in done.stderr
+    assert "Minitwitter is running" not in done.stdout
