@@ -70,6 +70,7 @@ from typing import IO, Any
 import httpx
 
 from scripts import nginx as nginx_tool
+from scripts.procfs import child_pids, process_name, process_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -395,33 +396,6 @@ def measure_yardstick(feed: bytes, args: argparse.Namespace, names: set[str]) ->
 
 
 # -- memory: PSS of a stack's processes ----------------------------------------------------------
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants alive now (parent pids from ``/proc/*/stat``)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    if not Path(f"/proc/{root}").exists():
-        return []
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop(0)
-        tree.append(pid)
-        todo.extend(sorted(children.get(pid, [])))
-    return tree
-
-
-def process_name(pid: int) -> str:
-    """What ``ps -o comm`` shows for ``pid`` (``mt-gateway``); ``?`` when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
-
-
 def pss_kib(pid: int) -> int | None:
     """Proportional set size of ``pid`` in KiB (``/proc/<pid>/smaps_rollup``); None when gone."""
     try:
@@ -464,7 +438,7 @@ class Stack:
     gateway_mains: list[int] = field(default_factory=list)
 
     def server_workers(self) -> list[int]:
-        return [pid for main in self.gateway_mains for pid in server_workers(main)]
+        return [pid for main in self.gateway_mains for pid in child_pids(main)]
 
 
 def stack_env(database_url: str, redis_url: str, port: int, prom_dir: Path) -> dict[str, str]:
@@ -646,14 +620,6 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (after the comm field)
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def server_workers(master_pid: int) -> list[int]:
-    """Pids of the gateway server main process's worker processes."""
-    try:
-        return [int(p) for p in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 # -- running -------------------------------------------------------------------------------------

@@ -29,22 +29,9 @@ from pathlib import Path
 
 from minitwitter import cache, db, jobs, migrate
 from minitwitter.config import REPO_ROOT, ensure_dev_secrets, load_config, set_config
+from scripts.procfs import process_tree
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        todo.extend(int(c) for c in children)
-    return out
 
 
 def cpu_seconds(pid: int) -> float:

@@ -18,12 +18,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.embedded import port_open
+from scripts.procfs import child_pids
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The production configuration (docker-compose.yml's nginx service mounts it).
@@ -135,7 +137,7 @@ def start(conf: str, prefix: Path, port: int, log: Path, timeout: float = 10.0,
         proc = subprocess.Popen([*base, "-g", "daemon off;"], stdout=out, stderr=err)
     server = Nginx(proc, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout
-    while not _accepts(port):
+    while not port_open("127.0.0.1", port):
         if proc.poll() is not None:
             raise RuntimeError(f"nginx exited ({proc.returncode}): {server.output()[-2000:]}")
         if time.monotonic() > deadline:
@@ -154,7 +156,7 @@ def stop(servers: list[Nginx], grace: float = 10.0) -> None:
         try:
             server.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            workers = _children(server.proc.pid)
+            workers = child_pids(server.proc.pid)
             server.proc.kill()
             server.proc.wait()
             for pid in workers:  # a killed master leaves its workers running
@@ -164,16 +166,3 @@ def stop(servers: list[Nginx], grace: float = 10.0) -> None:
                     pass
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False

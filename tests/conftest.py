@@ -28,6 +28,7 @@ from gateway import embedded, serve
 from gateway.run import stop_services
 from minitwitter import cache, db, migrate
 from minitwitter.config import REPO_ROOT, ensure_dev_secrets, load_config, set_config
+from scripts.procfs import child_pids
 
 DB_NAME = os.environ.get("MT_TEST_DB", "minitwitter_test")
 REDIS_DB = int(os.environ.get("MT_TEST_REDIS_DB", "13"))
@@ -336,14 +337,6 @@ def api() -> Any:
     from tests.api import Api
 
     return Api()
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes ``pid``'s main thread forked (granian and the worker supervisor fork there)."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def process_running(pid: int) -> bool:

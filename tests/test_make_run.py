@@ -20,6 +20,7 @@ import pytest
 
 from gateway import embedded
 from minitwitter.config import REPO_ROOT, ensure_dev_secrets
+from scripts.procfs import child_pids, process_name, process_tree
 
 from .conftest import eventually
 
@@ -70,13 +71,12 @@ def test_make_run_on_a_bare_machine_serves_the_api_and_stops_everything(tmp_path
             assert verdict["label"] == "positive"
         # The gateway and the queue side are forks of this process, not new programs, so that all
         # of them share its preloaded pages; it runs no thread (a fork would inherit its locks).
-        tree = descendants(proc.pid)
-        names = sorted(name for _, name in tree.values())
-        assert names == ["mt-gateway", "mt-gateway-main", "mt-queue-worker", "mt-scheduler", "mt-worker-sup"], tree
+        names = sorted(name for name in map(process_name, process_tree(proc.pid)) if name.startswith("mt-"))
+        assert names == ["mt-gateway", "mt-gateway-main", "mt-queue-worker", "mt-scheduler", "mt-worker-sup"], names
         run_cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
-        for pid, (parent, name) in tree.items():
-            if name in ("mt-gateway-main", "mt-worker-sup"):
-                assert parent == proc.pid and Path(f"/proc/{pid}/cmdline").read_bytes() == run_cmdline, name
+        forked = {process_name(pid): pid for pid in child_pids(proc.pid)}
+        for name in ("mt-gateway-main", "mt-worker-sup"):
+            assert Path(f"/proc/{forked[name]}/cmdline").read_bytes() == run_cmdline, name
         assert "Threads:\t1\n" in Path(f"/proc/{proc.pid}/status").read_text()
     finally:
         if proc.poll() is None:
@@ -90,27 +90,6 @@ def test_make_run_on_a_bare_machine_serves_the_api_and_stops_everything(tmp_path
     time.sleep(0.5)
     for name in ("GATEWAY_PORT", "EMBEDDED_PG_PORT", "EMBEDDED_REDIS_PORT"):
         assert not embedded.port_open("127.0.0.1", ports[name]), f"{name} still open after Ctrl-C"
-
-
-def descendants(root: int) -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, ``comm``) of every process below ``root`` now (embedded stores aside)."""
-    parents: dict[int, tuple[int, str]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        parents[int(stat.parent.name)] = (int(text[text.rindex(")") + 2:].split()[1]), name)
-    found: dict[int, tuple[int, str]] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, name) in parents.items():
-            if ppid == parent and name.startswith("mt-"):
-                found[pid] = (ppid, name)
-                frontier.append(pid)
-    return found
 
 
 def test_make_run_stops_at_once_when_its_port_is_taken(tmp_path: Path):
