@@ -523,9 +523,8 @@ def single_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[S
 
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))  # its metrics folder, not the repo's
-    (data_dir / "prometheus").mkdir()
     env = {**stack_env(database_url, redis_url, port, data_dir / "prometheus"), "DATA_DIR": str(data_dir)}
-    _prepare_database(database_url, redis_url, env)
+    reset_stores(database_url, redis_url)  # gateway.run migrates and deploys the stack itself
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
