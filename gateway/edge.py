@@ -266,25 +266,74 @@ class ClientGone(Exception):
     pass
 
 
-async def read_body(proto: Any, limit: int, timeout: float) -> bytes:
-    """The request body, read without a thread: :class:`BodyTooLarge` past ``limit`` bytes,
-    :class:`ReadTimedOut` when it has not all arrived within ``timeout`` seconds,
-    :class:`ClientGone` when the connection broke."""
+class BodyReads:
+    """The request bodies being read on one event loop, each with its deadline.
+
+    One sweep every :data:`SWEEP_INTERVAL`, while any read runs, cancels the reads past their
+    deadline, as :class:`Slots` does for calls: an ``asyncio.timeout`` per read (its ``Timeout``
+    object and timer handle) and granian's body iterator (a future per chunk, then one more for
+    the end) cost ~7 % of create-post's gateway CPU (docs/benchmarks.md, change 48).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        #: Each read's task and its deadline (``loop.time()``).
+        self._reads: dict[asyncio.Task[Any], float] = {}
+        #: The reads the sweep has cancelled, until they have ended.
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeping = False
+
+    async def read(self, proto: Any, limit: int, timeout: float, declared: int | None) -> bytes:
+        """The request body: :class:`BodyTooLarge` past ``limit`` bytes, :class:`ReadTimedOut`
+        when it has not all arrived within ``timeout`` seconds, :class:`ClientGone` when the
+        connection broke.
+
+        ``declared``: the request's ``Content-Length`` when it is the body's framing (no
+        ``Transfer-Encoding``) and within ``limit``; the server then reads exactly that many
+        bytes in one piece. Without it the body is read chunk by chunk and counted.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._reads[task] = self.loop.time() + timeout
+        if not self._sweeping:
+            self._sweeping = True
+            self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        try:
+            return await (proto() if declared is not None else _read_chunks(proto, limit))
+        except asyncio.CancelledError:
+            if task in self._expired:
+                task.uncancel()
+                raise ReadTimedOut from None
+            raise
+        except BodyTooLarge:
+            raise
+        except Exception as exc:  # noqa: BLE001 - granian's protocol errors: the peer went away
+            raise ClientGone from exc
+        finally:
+            self._reads.pop(task, None)
+            self._expired.discard(task)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for task in [task for task, deadline in self._reads.items() if deadline <= now]:
+            del self._reads[task]
+            self._expired.add(task)
+            task.cancel()
+        if self._reads:
+            self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        else:
+            self._sweeping = False
+
+
+async def _read_chunks(proto: Any, limit: int) -> bytes:
+    """A body of no declared length, chunk by chunk: :class:`BodyTooLarge` past ``limit``."""
     chunks: list[bytes] = []
     size = 0
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in proto:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ReadTimedOut from None
-    except (BodyTooLarge, asyncio.CancelledError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - granian's protocol errors: the peer went away
-        raise ClientGone from exc
+    async for chunk in proto:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -346,6 +395,7 @@ class Edge:
         self.other_body_limit = config.max_body_bytes * ASYNC_BODY_FACTOR
         self.functions: Slots | None = None
         self.control: Slots | None = None
+        self.body_reads: BodyReads | None = None
         self.streams = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         ttl = config.gateway_microcache_ttl
@@ -375,6 +425,7 @@ class Edge:
         self.functions = Slots(loop, self.config.gateway_threads, self.config.gateway_queue_timeout,
                                "function-slot")
         self.control = Slots(loop, CONTROL_THREADS, self.config.gateway_queue_timeout, "control")
+        self.body_reads = BodyReads(loop)
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
@@ -409,10 +460,14 @@ class Edge:
                 return hit
         if declared is not None or "transfer-encoding" in headers:
             limit = self.function_body_limit if is_function else self.other_body_limit
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+            length = int(declared) if declared is not None and declared.isdigit() else None
+            if length is not None and length > limit:
                 return self._refused("too_large", 413, "request body too large", {"max_bytes": limit})
+            if "transfer-encoding" in headers:
+                length = None  # chunked: the declared length is not the framing (RFC 9112 6.3)
             try:
-                body = await read_body(proto, limit, self.config.gateway_read_timeout)
+                assert self.body_reads is not None
+                body = await self.body_reads.read(proto, limit, self.config.gateway_read_timeout, length)
             except BodyTooLarge:
                 return self._refused("too_large", 413, "request body too large", {"max_bytes": limit})
             except ReadTimedOut:

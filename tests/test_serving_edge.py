@@ -85,6 +85,26 @@ def test_slow_clients_hold_no_function_capacity(gw: Any) -> None:
                in httpx.get(gw.url + "/metrics").text)  # each process applies its counts every 100 ms
 
 
+SLOW_CHUNKED = (b"POST /function/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+
+
+def test_both_ways_of_reading_a_body_keep_the_read_deadline(gw: Any) -> None:
+    """A declared length is read in one piece, a chunked body chunk by chunk (gateway/edge.py,
+    BodyReads): a stalled body of either kind gets 408 once the read deadline has passed, not
+    before, and whole bodies of both kinds arrive intact."""
+    body = b'{"text": "' + b"z" * 5000 + b'"}'
+    assert httpx.post(gw.url + "/function/echo", content=body).json()["body"] == body.decode()
+    chunked = httpx.post(gw.url + "/function/echo", content=iter([body[:7], body[7:]]))  # no length
+    assert chunked.json()["body"] == body.decode()
+    with connections(gw.port, 1, SLOW_CHUNKED) as (chunked,), connections(gw.port, 1, SLOW_BODY) as (declared,):
+        started = time.monotonic()
+        for sock in (chunked, declared):
+            answer = read_until_closed(sock, timeout=READ_TIMEOUT + 10)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert time.monotonic() - started >= READ_TIMEOUT - 0.5  # not before the deadline
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(gw: Any) -> None:
     limit = load_config(gw.env).max_body_bytes
     with connections(gw.port, 1, b"POST /function/echo HTTP/1.1\r\nHost: x\r\n"
