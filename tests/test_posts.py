@@ -45,6 +45,8 @@ def test_create_post_returns_the_post_with_pending_sentiment(api: Api) -> None:
     assert (post["likes_count"], post["comments_count"], post["liked"]) == (0, 0, False)
     assert post["sentiment"] == {"status": "pending", "label": None, "score": None, "model": None}
     assert response.headers["Location"] == f"/function/get-post/{post['id']}"
+    # what create-post answers from its insert's defaults is what the stored row says
+    assert api.call("get-post", "GET", f"/{post['id']}", token=alice.token).json == post
     row = db.one("SELECT author_id, content, sentiment_status, sentiment_version FROM posts WHERE id = :id",
                  id=int(post["id"]))
     assert row == [int(alice.id), "Hello, world!", "pending", 1]
