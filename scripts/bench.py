@@ -374,7 +374,7 @@ def static_nginx(feed: bytes) -> Iterator[nginx_tool.Nginx]:
         write_yardstick_files(prefix / "www", feed)
         port = free_port()
         conf = nginx_tool.static_conf(prefix / "www", f"127.0.0.1:{port}", prefix)
-        server = nginx_tool.start(conf, prefix, port, prefix / "nginx.out")
+        server = nginx_tool.start(conf, prefix, port, prefix / "nginx.out", die_with_caller=True)
         try:
             yield server
         finally:
@@ -490,8 +490,12 @@ def _prepare_database(database_url: str, redis_url: str, env: dict[str, str]) ->
 
 def _start(argv: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     # A session of its own: the process group holds whatever it forks (RQ's scheduler too), and a
-    # terminal's Ctrl-C reaches only this harness, which stops everything in order.
-    return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
+    # terminal's Ctrl-C reaches only this harness, which stops everything in order. Should the
+    # harness die without stopping it (SIGKILL), the kernel sends it SIGTERM.
+    from gateway.processes import parent_death_preexec
+
+    return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True,
+                            preexec_fn=parent_death_preexec())
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> None:
@@ -577,7 +581,8 @@ def seed_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Sta
             nginx_port = free_port()
             conf = seed_nginx_conf((f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"),
                                    f"127.0.0.1:{nginx_port}", prefix)
-            nginx = nginx_tool.start(conf, prefix, nginx_port, log_dir / "stack.log", stdout=prefix / "access.log")
+            nginx = nginx_tool.start(conf, prefix, nginx_port, log_dir / "stack.log", stdout=prefix / "access.log",
+                                     die_with_caller=True)
             temp_dirs.append(Path(tempfile.mkdtemp(prefix="bench-prom-")))
             worker_env = {**env, "GATEWAY_URL": nginx.url, "PROMETHEUS_MULTIPROC_DIR": str(temp_dirs[-1])}
             procs.append(_start([sys.executable, "-m", "gateway.worker"], worker_env, log))
@@ -877,7 +882,17 @@ def bench_topology(stack: Stack, args: argparse.Namespace,
     }, yardstick
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the harness as Ctrl-C does: the stacks and nginx it started are stopped in
+    order on the way out (before, a ``kill`` left them running, listening and loading the cores)."""
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description="Minitwitter HTTP benchmark (wrk), as ratios of nginx")
     parser.add_argument("--url", default=os.environ.get("BENCH_URL"),
                         help="a running stack (default $BENCH_URL; unset: start one)")

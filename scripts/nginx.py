@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.embedded import port_open
+from gateway.processes import parent_death_preexec
 from scripts.procfs import child_pids
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,10 +119,14 @@ class Nginx:
 
 
 def start(conf: str, prefix: Path, port: int, log: Path, timeout: float = 10.0,
-          stdout: Path | None = None) -> Nginx:
+          stdout: Path | None = None, die_with_caller: bool = False) -> Nginx:
     """Write ``conf`` to ``prefix``/nginx.conf, check it (``nginx -t``), run it in the foreground
     with stderr (and stdout, unless ``stdout`` names another file: where gateway/nginx.conf's
     access log goes) appended to ``log``, and wait until 127.0.0.1:``port`` accepts.
+
+    ``die_with_caller``: the kernel sends nginx SIGTERM (its fast shutdown) when the calling
+    thread's process dies without stopping it; for a program's main thread, such as the
+    benchmark harness (a test's fixture thread may end before the test does).
 
     RuntimeError when nginx is missing, rejects the configuration or does not listen in time."""
     found = binary()
@@ -134,7 +139,8 @@ def start(conf: str, prefix: Path, port: int, log: Path, timeout: float = 10.0,
     if test.returncode != 0:
         raise RuntimeError(f"nginx -t rejected {conf_path}:\n{test.stderr}")
     with open(log, "ab") as err, open(stdout or log, "ab") as out:
-        proc = subprocess.Popen([*base, "-g", "daemon off;"], stdout=out, stderr=err)
+        proc = subprocess.Popen([*base, "-g", "daemon off;"], stdout=out, stderr=err,
+                                preexec_fn=parent_death_preexec() if die_with_caller else None)
     server = Nginx(proc, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout
     while not port_open("127.0.0.1", port):

@@ -19,9 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway import embedded
 from minitwitter import db
+from minitwitter.config import REPO_ROOT
 from scripts import bench, instructions
 from scripts import nginx as nginx_tool
+from scripts.procfs import process_tree
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:8080/function/list-posts?limit=100
@@ -379,3 +382,32 @@ def test_instruction_count_runs_seed_and_scenarios_in_process(stores: dict[str, 
     assert (len(seed["user_ids"]), len(seed["post_ids"]), len(seed["tokens"])) == (10, bench.SEED_POSTS, 10)
     instructions.run_python(["--child", "create-post", "5"], env)
     assert db.scalar("SELECT count(*) FROM posts") == bench.SEED_POSTS + instructions.WARMUP + 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_harness_leaves_no_stack_running(stores: dict[str, str], tmp_path: Path, how: int) -> None:
+    """The harness's stack (``make run``'s tree) goes with the harness: stopped in order on
+    SIGTERM (as on Ctrl-C), and told to stop by the kernel when the harness is SIGKILLed.
+    Before, a ``kill`` of ``make bench`` left the gateway and workers running."""
+    from tests.conftest import base_env, eventually, process_running
+
+    redis_server = embedded.start_redis(tmp_path / "redis", port=embedded.free_port())
+    database_url = stores["DATABASE_URL"].rsplit("/", 1)[0] + "/minitwitter_harness_bench"
+    code = ("import sys, time; from pathlib import Path; from scripts import bench; "
+            "bench.stop_on_sigterm(); "
+            f"stack = bench.single_stack({database_url!r}, {redis_server.url!r}, Path({str(tmp_path)!r})); "
+            "running = stack.__enter__(); print(running.groups['make run'][0], flush=True); time.sleep(600)")
+    harness = subprocess.Popen([sys.executable, "-c", code], env=base_env(stores), cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert harness.stdout is not None
+        run_pid = int(harness.stdout.readline())
+        tree = process_tree(run_pid)
+        assert len(tree) >= 4  # gateway.run, granian's main, its workers, the queue side
+        harness.send_signal(how)
+        harness.wait(60)
+        eventually(lambda: not any(process_running(pid) for pid in tree), timeout=60)
+    finally:
+        harness.kill()
+        redis_server.stop()
