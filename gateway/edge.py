@@ -294,6 +294,7 @@ class BodyReads:
         """
         task = asyncio.current_task()
         assert task is not None
+        cancellations = task.cancelling()  # a cancel from elsewhere must not pass for our timeout
         self._reads[task] = self.loop.time() + timeout
         if not self._sweeping:
             self._sweeping = True
@@ -301,10 +302,9 @@ class BodyReads:
         try:
             return await (proto() if declared is not None else _read_chunks(proto, limit))
         except asyncio.CancelledError:
-            if task in self._expired:
-                task.uncancel()
+            if task in self._expired and task.uncancel() <= cancellations:
                 raise ReadTimedOut from None
-            raise
+            raise  # (also when the server cancelled the task as the deadline passed)
         except BodyTooLarge:
             raise
         except Exception as exc:  # noqa: BLE001 - granian's protocol errors: the peer went away
@@ -460,7 +460,7 @@ class Edge:
                 return hit
         if declared is not None or "transfer-encoding" in headers:
             limit = self.function_body_limit if is_function else self.other_body_limit
-            length = int(declared) if declared is not None and declared.isdigit() else None
+            length = int(declared) if declared is not None and declared.isascii() and declared.isdigit() else None
             if length is not None and length > limit:
                 return self._refused("too_large", 413, "request body too large", {"max_bytes": limit})
             if "transfer-encoding" in headers:

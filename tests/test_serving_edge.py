@@ -228,3 +228,38 @@ def test_a_stop_ends_open_log_streams_at_once(gw: Any) -> None:
     reader.join(30)
     assert ended and ended[0] - started < 5
     assert time.monotonic() - started < 5
+
+
+class _StalledBody:
+    """An RSGI protocol whose body never arrives."""
+
+    async def __call__(self) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+
+def test_a_read_past_its_deadline_times_out_but_a_cancel_from_elsewhere_is_kept() -> None:
+    """BodyReads turns its own cancellation of an overdue read into ReadTimedOut; a cancel the
+    task also got from elsewhere (a server stopping) in the same moment still cancels it."""
+    async def scenario() -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        reads = edge.BodyReads(loop)
+
+        async def read() -> str:
+            try:
+                await reads.read(_StalledBody(), 100, 0.05, 10)
+            except edge.ReadTimedOut:
+                return "timed out"
+            except asyncio.CancelledError:
+                return "cancelled"
+            return "read"
+
+        alone = await asyncio.create_task(read())  # the sweep finds it overdue
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0)  # reading now
+        reads._reads[task] = 0.0  # noqa: SLF001 - overdue at once
+        reads._sweep()  # noqa: SLF001 - the sweep cancels it ...
+        task.cancel()  # ... and so does something else, before the task runs again
+        return alone, await task
+
+    assert asyncio.run(scenario()) == ("timed out", "cancelled")
