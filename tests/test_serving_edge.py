@@ -95,8 +95,8 @@ def test_both_ways_of_reading_a_body_keep_the_read_deadline(gw: Any) -> None:
     before, and whole bodies of both kinds arrive intact."""
     body = b'{"text": "' + b"z" * 5000 + b'"}'
     assert httpx.post(gw.url + "/function/echo", content=body).json()["body"] == body.decode()
-    chunked = httpx.post(gw.url + "/function/echo", content=iter([body[:7], body[7:]]))  # no length
-    assert chunked.json()["body"] == body.decode()
+    streamed = httpx.post(gw.url + "/function/echo", content=iter([body[:7], body[7:]]))  # no length
+    assert streamed.json()["body"] == body.decode()
     with connections(gw.port, 1, SLOW_CHUNKED) as (chunked,), connections(gw.port, 1, SLOW_BODY) as (declared,):
         started = time.monotonic()
         for sock in (chunked, declared):
