@@ -18,7 +18,7 @@ same way, are constants here (:data:`REFERENCE`); the goals are multiples of the
      ``gateway/nginx.conf`` (rendered by ``scripts/nginx.py`` as ``tests/test_nginx.py`` runs
      it) in front of two gateway replicas (``GATEWAY_WORKERS=2``, ``GATEWAY_THREADS=2`` each,
      as docker-compose.yml runs them), plus the queue workers; every request goes through nginx;
-   * ``both``: single, then seed, in one invocation, sharing one yardstick measurement.
+   * ``both``: single, then seed, in one invocation, sharing one yardstick nginx.
 
    Each stack gets its own database ``minitwitter_bench`` (dropped and migrated first) and Redis
    DB 11 (flushed first). ``BENCH_URL`` (or ``--url``) measures a running stack instead
@@ -31,11 +31,18 @@ same way, are constants here (:data:`REFERENCE`); the goals are multiples of the
 3. Memory: PSS (``/proc/<pid>/smaps_rollup``) summed over every process of the stack the harness
    started (gateway main and server processes, queue-worker supervisor, workers, scheduler;
    nginx apart), idle after seeding and again after the load.
-4. The yardstick (once per invocation, after the first seeding, while the stack idles), then wrk
-   on loopback for each scenario (``--repeats`` runs of ``--duration`` seconds; medians are
-   reported), create-post last because it grows the timeline. Requests/s, p50/p90/p99 latency,
-   errors (non-2xx responses + socket errors), "% of nginx", "p99 x nginx", "x reference" and
-   the goals' PASS/FAIL are printed and saved as JSON and markdown in ``bench/results/``.
+4. The yardstick's nginx starts once per invocation, after the first seeding, serving that
+   seeding's feed. Then wrk on loopback for each scenario (``--repeats`` runs of ``--duration``
+   seconds; medians are reported), create-post last because it grows the timeline. With
+   ``--yardstick paired`` (the default) each run of a scenario comes right after a run of its
+   yardstick with the same settings, and its "% of nginx" and "p99 x nginx" are the medians of the
+   per-pair ratios: these VMs drift in speed within minutes, and a yardstick measured minutes
+   before would read that drift as the product's. ``--yardstick once`` measures each yardstick
+   ``--repeats`` times before the first topology's scenarios (pairing doubles the scenarios'
+   wrk time). Requests/s,
+   p50/p90/p99 latency, errors (non-2xx responses + socket errors), the paired nginx's
+   requests/s and p99, "% of nginx", "p99 x nginx", "x reference" and the goals' PASS/FAIL are
+   printed and saved as JSON and markdown in ``bench/results/``.
 
 Each measurement first runs ``--warmup`` unmeasured seconds (thread pools and their per-thread
 database connections, caches). ``--quick`` is one 3-second run per scenario. ``--profile``
@@ -60,10 +67,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -118,6 +126,9 @@ class WrkResult:
     #: gateway CPU (all gateway server workers) per request, when the harness started the stack: a
     #: figure that stays meaningful when other processes compete for the cores
     cpu_ms_per_request: float | None = None
+    #: the yardstick's run right before this one (``--yardstick paired``): this run's ratios divide
+    #: by it
+    nginx: WrkResult | None = None
 
     @property
     def errors(self) -> int:
@@ -218,6 +229,22 @@ def compare(result: dict[str, Any], nginx: dict[str, Any] | None,
     p99_x = result["p99_ms"] / nginx["p99_ms"] if nginx and nginx["p99_ms"] > 0 else None
     x_ref = pct / reference.pct_of_nginx if pct is not None and reference else None
     return {"pct_of_nginx": pct, "p99_x_nginx": p99_x, "x_reference": x_ref}
+
+
+def compare_paired(runs: list[WrkResult], reference: Reference | None) -> dict[str, float | None]:
+    """A scenario's ratios from runs each paired with the yardstick's run right before it: the
+    medians of the per-pair ratios (each pair saw the machine at the same minute), not ratios of
+    medians. Also the paired nginx runs' median requests/s and p99, for the report."""
+    pairs = [(r, r.nginx) for r in runs if r.nginx is not None and r.nginx.rps > 0 and r.nginx.p99_ms > 0]
+    if not pairs:
+        return {"pct_of_nginx": None, "p99_x_nginx": None, "x_reference": None,
+                "nginx_rps": None, "nginx_p99_ms": None}
+    pct = statistics.median(100.0 * ours.rps / nginx.rps for ours, nginx in pairs)
+    return {"pct_of_nginx": pct,
+            "p99_x_nginx": statistics.median(ours.p99_ms / nginx.p99_ms for ours, nginx in pairs),
+            "x_reference": pct / reference.pct_of_nginx if reference else None,
+            "nginx_rps": statistics.median(nginx.rps for _, nginx in pairs),
+            "nginx_p99_ms": statistics.median(nginx.p99_ms for _, nginx in pairs)}
 
 
 def check_goals(topology: str, summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -383,16 +410,72 @@ def static_nginx(feed: bytes) -> Iterator[nginx_tool.Nginx]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
-def measure_yardstick(feed: bytes, args: argparse.Namespace, names: set[str]) -> dict[str, Any]:
-    """Run the yardsticks named (those the chosen scenarios compare with), as the scenarios run."""
-    print(f"yardstick: nginx serving a {len(feed):,}-byte file (the feed) and a {SMALL_FILE_BYTES}-byte "
-          "one ...", flush=True)
-    with static_nginx(feed) as server:
-        runs = {y.name: measure(server.url, y, args) for y in YARDSTICKS if y.name in names}
-    return {"nginx": nginx_tool.version(), "config": "1 worker process, access_log off, sendfile on",
-            "feed_bytes": len(feed), "small_bytes": SMALL_FILE_BYTES,
-            "results": {name: median_result(rs) for name, rs in runs.items()},
-            "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()}}
+#: ``--yardstick``: ``paired`` (the default) runs a scenario's yardstick right before each of the
+#: scenario's runs, and each run's ratios divide by that adjacent nginx run; ``once`` measures each
+#: yardstick ``--repeats`` times once per invocation, before the first topology's scenarios. These
+#: VMs' speed drifts within minutes (session 20 saw the same create-post code at 700 and 1,200/s a
+#: few minutes apart), and a yardstick measured minutes earlier reads that drift as the product's.
+YARDSTICK_MODES = ("paired", "once")
+
+
+class Yardstick:
+    """nginx serving the yardstick's files, started once per invocation (with the first
+    topology's feed, so the file is exactly its size), and every run of it measured."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.paired = args.yardstick == "paired"
+        self.runs: dict[str, list[WrkResult]] = {}
+        self.feed_bytes: int | None = None
+        self._cleanup = ExitStack()
+        self._server: nginx_tool.Nginx | None = None
+        self._warm: set[str] = set()
+
+    def __enter__(self) -> Yardstick:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cleanup.close()
+
+    def start(self, feed: bytes) -> None:
+        """Start nginx serving ``feed`` and the small file, unless it runs already."""
+        if self._server is None:
+            print(f"yardstick: nginx serving a {len(feed):,}-byte file (the feed) and a "
+                  f"{SMALL_FILE_BYTES}-byte one, {'before each run' if self.paired else 'once'} ...", flush=True)
+            self._server = self._cleanup.enter_context(static_nginx(feed))
+            self.feed_bytes = len(feed)
+
+    def run(self, name: str) -> WrkResult:
+        """One measured run of the yardstick ``name`` with the scenarios' wrk settings (the first
+        of each after ``--warmup`` unmeasured seconds), kept for the report."""
+        if self._server is None:
+            raise RuntimeError("the yardstick's nginx is not started")
+        scenario = next(y for y in YARDSTICKS if y.name == name)
+        if name not in self._warm and self.args.warmup > 0:
+            run_wrk(self._server.url, scenario, self.args.warmup, self.args.threads)
+        self._warm.add(name)
+        result = run_wrk(self._server.url, scenario, self.args.duration, self.args.threads)
+        self.runs.setdefault(name, []).append(result)
+        return result
+
+    def measure_once(self, names: set[str]) -> None:
+        """``--yardstick once``: ``--repeats`` runs of each yardstick named not yet measured."""
+        for name in sorted(names - self.runs.keys()):
+            for i in range(self.args.repeats):
+                result = self.run(name)
+                print(f"  {name:34} run {i + 1}: {result.rps:9,.0f} req/s  p99 {result.p99_ms:7.2f} ms", flush=True)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Each yardstick's medians over all its runs."""
+        return {name: median_result(runs) for name, runs in self.runs.items()}
+
+    def report(self) -> dict[str, Any] | None:
+        if self.feed_bytes is None:
+            return None
+        return {"nginx": nginx_tool.version(), "config": "1 worker process, access_log off, sendfile on",
+                "mode": self.args.yardstick, "feed_bytes": self.feed_bytes, "small_bytes": SMALL_FILE_BYTES,
+                "results": self.results(),
+                "runs": {name: [asdict(r) for r in rs] for name, rs in self.runs.items()}}
 
 
 # -- memory: PSS of a stack's processes ----------------------------------------------------------
@@ -646,14 +729,17 @@ def run_wrk(url: str, scenario: Scenario, seconds: float, threads: int, token: s
 
 
 def measure(url: str, scenario: Scenario, args: argparse.Namespace, stack: Stack | None = None,
-            token: str = "", tokens_file: Path | None = None) -> list[WrkResult]:
+            token: str = "", tokens_file: Path | None = None,
+            pair: Callable[[], WrkResult] | None = None) -> list[WrkResult]:
     """``--warmup`` unmeasured seconds, then ``--repeats`` runs of ``--duration`` seconds; with a
-    stack the harness started, the gateway's CPU per request (and py-spy with ``--profile``)."""
+    stack the harness started, the gateway's CPU per request (and py-spy with ``--profile``).
+    ``pair`` (the yardstick's run) runs right before each run and is kept as its ``nginx``."""
     if args.warmup > 0:  # fill thread pools, connections and caches before measuring
         run_wrk(url, scenario, args.warmup, args.threads, token, tokens_file)
     results = []
     label = f"{stack.topology} {scenario.name}" if stack else scenario.name
     for i in range(args.repeats):
+        nginx = pair() if pair else None
         workers = stack.server_workers() if stack else []
         spies = profile(workers, args.duration, label) if workers and args.profile and i == 0 else []
         cpu_before = cpu_seconds(workers)
@@ -662,10 +748,12 @@ def measure(url: str, scenario: Scenario, args: argparse.Namespace, stack: Stack
             result.cpu_ms_per_request = (cpu_seconds(workers) - cpu_before) * 1e3 / result.requests
         for spy in spies:
             spy.wait(30)
+        result.nginx = nginx
         results.append(result)
         print(f"  {label:34} run {i + 1}: {result.rps:9,.0f} req/s  p50 {result.p50_ms:6.2f}  "
               f"p90 {result.p90_ms:6.2f}  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
-              + (f"  cpu {result.cpu_ms_per_request:.2f} ms/req" if result.cpu_ms_per_request else ""),
+              + (f"  cpu {result.cpu_ms_per_request:.2f} ms/req" if result.cpu_ms_per_request else "")
+              + (f"  (nginx {nginx.rps:,.0f} req/s, p99 {nginx.p99_ms:.2f} ms)" if nginx else ""),
               flush=True)
     return results
 
@@ -685,13 +773,21 @@ def median_result(runs: list[WrkResult]) -> dict[str, Any]:
 
 
 def summarise(runs: dict[str, list[WrkResult]], chosen: list[Scenario],
-              yardstick: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Medians of each scenario's runs with its yardstick's name and its ratios."""
+              yardstick: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Medians of each scenario's runs with its yardstick's name and its ratios: to the nginx run
+    paired with each run (:func:`compare_paired`) when they were paired, else to ``yardstick``
+    (each yardstick's medians, measured once)."""
     summary = {}
     for scenario in chosen:
         got = median_result(runs[scenario.name])
         got["yardstick"] = scenario.yardstick
-        got.update(compare(got, yardstick["results"].get(scenario.yardstick), REFERENCE.get(scenario.name)))
+        reference = REFERENCE.get(scenario.name)
+        if any(r.nginx is not None for r in runs[scenario.name]):
+            got.update(compare_paired(runs[scenario.name], reference))
+        else:
+            nginx = yardstick.get(scenario.yardstick)
+            got.update(compare(got, nginx, reference))
+            got["nginx_rps"], got["nginx_p99_ms"] = (nginx["rps"], nginx["p99_ms"]) if nginx else (None, None)
         summary[scenario.name] = got
     return summary
 
@@ -765,9 +861,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"(`bench.python_speed_ms`): {m.get('python_loop_ms', '?')} ms."]
     y = report.get("yardstick")
     if y:
-        lines += ["", f"**Yardstick**, in the same run with the same wrk settings: {y['nginx']} ({y['config']}) "
-                  f"serving the seeded `list-posts?limit=100` response as a file ({y['feed_bytes']:,} bytes) "
-                  f"and a {y['small_bytes']}-byte file:", "",
+        when = ("right before each run of each scenario that divides by it, each run's ratios to its own nginx "
+                "run (medians of those per-pair ratios below; this table: medians of all its runs)"
+                if y.get("mode", "paired") == "paired" else "once, before the scenarios")
+        lines += ["", f"**Yardstick**, in the same run with the same wrk settings, measured {when}: {y['nginx']} "
+                  f"({y['config']}) serving the seeded `list-posts?limit=100` response as a file "
+                  f"({y['feed_bytes']:,} bytes) and a {y['small_bytes']}-byte file:", "",
                   "| yardstick | requests/s | p50 ms | p90 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
         for name, s in y["results"].items():
             lines.append(f"| {name} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
@@ -779,14 +878,16 @@ def markdown(report: dict[str, Any]) -> str:
         if y and t["feed_limit_100_bytes"] != y["feed_bytes"]:
             lines += [f"(This stack's 100-post feed is {t['feed_limit_100_bytes']:,} bytes; the yardstick's "
                       f"file {y['feed_bytes']:,}.)", ""]
-        lines += ["| scenario | requests/s | p50 ms | p90 ms | p99 ms | errors | % of nginx | p99 × nginx "
-                  "| × reference | goal | gateway CPU ms/req |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        lines += ["| scenario | requests/s | p50 ms | p90 ms | p99 ms | errors | nginx req/s, p99 ms | % of nginx "
+                  "| p99 × nginx | × reference | goal | gateway CPU ms/req |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         for name, s in t["scenarios"].items():
             goal = goals.get((topology, name))
             verdict = ("PASS" if goal["passed"] else "FAIL") if goal else ""
+            nginx = (f"{s['nginx_rps']:,.0f}, {s['nginx_p99_ms']:.2f}" if s.get("nginx_rps") is not None
+                     and s.get("nginx_p99_ms") is not None else "n/a")
             lines.append(f"| {name} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
-                         f"{s['p99_ms']:.2f} | {s['errors']:.0f} | {_num(s['pct_of_nginx'], '.1f')} | "
+                         f"{s['p99_ms']:.2f} | {s['errors']:.0f} | {nginx} | {_num(s['pct_of_nginx'], '.1f')} | "
                          f"{_num(s['p99_x_nginx'], '.2f')} | {_num(s['x_reference'], '.2f')} | {verdict} | "
                          f"{_num(s['cpu_ms_per_request'], '.2f')} |")
     memory = [row for topology, t in report["topologies"].items() for row in _memory_rows(topology, t["memory"])]
@@ -842,11 +943,10 @@ def run_sentiment_bench() -> str | None:
     return done.stdout + (f"\n(exit {done.returncode}) {done.stderr[-2000:]}" if done.returncode else "")
 
 
-def bench_topology(stack: Stack, args: argparse.Namespace,
-                   yardstick: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Seed through ``stack``, take its idle memory, measure the yardstick unless given (once per
-    invocation), run every chosen scenario, take the memory after the load. (The topology's
-    report, the yardstick.)"""
+def bench_topology(stack: Stack, args: argparse.Namespace, yardstick: Yardstick) -> dict[str, Any]:
+    """Seed through ``stack``, take its idle memory, start the yardstick's nginx (the first time),
+    run every chosen scenario (each run right after its yardstick's with ``--yardstick paired``;
+    the yardsticks first with ``once``), take the memory after the load. The topology's report."""
     # Other processes competing for the cores skew every figure but CPU per request: record it.
     loadavg = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"[{stack.topology}] {stack.description}", flush=True)
@@ -860,17 +960,19 @@ def bench_topology(stack: Stack, args: argparse.Namespace,
         feed = page.content  # the yardstick's feed file: these bytes
     memory: dict[str, Any] = {"idle": measure_memory(stack.groups) if stack.groups else None}
     chosen = [s for s in scenarios(seeded) if not args.only or any(part in s.name for part in args.only)]
-    if yardstick is None:
-        yardstick = measure_yardstick(feed, args, {s.yardstick for s in chosen})
+    yardstick.start(feed)
+    if not yardstick.paired:
+        yardstick.measure_once({s.yardstick for s in chosen})
     tokens_file = RESULTS_DIR / "tokens.txt"
     tokens_file.write_text("\n".join(seeded.tokens) + "\n")
     try:
-        runs = {s.name: measure(stack.url, s, args, stack if stack.groups else None, seeded.tokens[0], tokens_file)
+        runs = {s.name: measure(stack.url, s, args, stack if stack.groups else None, seeded.tokens[0], tokens_file,
+                                pair=partial(yardstick.run, s.yardstick) if yardstick.paired else None)
                 for s in chosen}
     finally:
         tokens_file.unlink(missing_ok=True)
     memory["after_load"] = measure_memory(stack.groups) if stack.groups else None
-    summary = summarise(runs, chosen, yardstick)
+    summary = summarise(runs, chosen, yardstick.results())
     return {
         "topology": stack.topology, "description": stack.description, "url": stack.url,
         "loadavg_before": loadavg, "feed_limit_100_bytes": len(feed),
@@ -879,7 +981,7 @@ def bench_topology(stack: Stack, args: argparse.Namespace,
         "scenarios": summary, "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
         "memory": memory,
         "goals": check_goals(stack.topology, summary) + check_memory(stack.topology, memory),
-    }, yardstick
+    }
 
 
 def stop_on_sigterm() -> None:
@@ -910,6 +1012,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentiment", action=argparse.BooleanOptionalAction, default=None,
                         help="also run scripts/bench_sentiment.py (issue 4) when it exists "
                              "(default: yes, except with --quick)")
+    parser.add_argument("--yardstick", choices=YARDSTICK_MODES, default="paired",
+                        help="paired: nginx's run right before each run, ratios per pair (default); "
+                             "once: each yardstick measured once, before the scenarios")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--database-url", default=BENCH_DATABASE_URL)
     parser.add_argument("--redis-url", default=BENCH_REDIS_URL)
@@ -932,18 +1037,18 @@ def main(argv: list[str] | None = None) -> int:
         "reference": [asdict(r) for r in REFERENCE.values()], "goal_multiple": GOAL_MULTIPLE,
         "memory_goals_mib": MEMORY_GOALS_MIB, "topologies": {},
     }
-    yardstick = None
-    for topology in (TOPOLOGIES if args.topology == "both" else (args.topology,)):
-        if args.url:
-            url = args.url.rstrip("/")
-            stack: Any = nullcontext(Stack(topology, url, f"a running stack ({topology} goals)"))
-        elif topology == "single":
-            stack = single_stack(args.database_url, args.redis_url, RESULTS_DIR / "logs")
-        else:
-            stack = seed_stack(args.database_url, args.redis_url, RESULTS_DIR / "logs")
-        with stack as running:
-            report["topologies"][topology], yardstick = bench_topology(running, args, yardstick)
-    report["yardstick"] = yardstick
+    with Yardstick(args) as yardstick:
+        for topology in (TOPOLOGIES if args.topology == "both" else (args.topology,)):
+            if args.url:
+                url = args.url.rstrip("/")
+                stack: Any = nullcontext(Stack(topology, url, f"a running stack ({topology} goals)"))
+            elif topology == "single":
+                stack = single_stack(args.database_url, args.redis_url, RESULTS_DIR / "logs")
+            else:
+                stack = seed_stack(args.database_url, args.redis_url, RESULTS_DIR / "logs")
+            with stack as running:
+                report["topologies"][topology] = bench_topology(running, args, yardstick)
+    report["yardstick"] = yardstick.report()
     report["goals"] = [g for t in report["topologies"].values() for g in t["goals"]]
     if args.sentiment:
         report["sentiment"] = run_sentiment_bench()

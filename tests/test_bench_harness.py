@@ -86,7 +86,7 @@ def _summary(rps: float, p99: float, errors: int = 0) -> dict[str, Any]:
 
 #: A yardstick measurement: nginx's static files at 50,000 / 60,000 / 55,000 requests/s.
 YARDSTICK = {"nginx": "nginx/1.22.1", "config": "1 worker process, access_log off, sendfile on",
-             "feed_bytes": 40_000, "small_bytes": 100, "runs": {},
+             "mode": "once", "feed_bytes": 40_000, "small_bytes": 100, "runs": {},
              "results": {"nginx feed c10": _summary(50_000, 1.0), "nginx feed c100": _summary(60_000, 5.0),
                          "nginx small c10": _summary(55_000, 1.25)}}
 
@@ -99,7 +99,7 @@ def _runs(by_scenario: dict[str, tuple[float, float, int]]) -> dict[str, list[be
 
 def _summarise(by_scenario: dict[str, tuple[float, float, int]]) -> dict[str, dict[str, Any]]:
     runs = _runs(by_scenario)
-    return bench.summarise(runs, [s for s in _scenarios() if s.name in runs], YARDSTICK)
+    return bench.summarise(runs, [s for s in _scenarios() if s.name in runs], YARDSTICK["results"])
 
 
 def _scenarios() -> list[bench.Scenario]:
@@ -156,6 +156,29 @@ def test_ratios_to_nginx_and_to_the_reference() -> None:
     # without the yardstick (not measured) there is no ratio at all
     assert bench.compare(_summary(1, 1), None, bench.REFERENCE["get-user c10"]) == {
         "pct_of_nginx": None, "p99_x_nginx": None, "x_reference": None}
+
+
+@pytest.mark.no_stores
+def test_paired_runs_are_compared_pair_by_pair() -> None:
+    """With ``--yardstick paired`` each run divides by the nginx run right before it, and the
+    report gives the medians of those per-pair ratios (not the ratio of the medians, and not the
+    yardstick measured elsewhere in the run)."""
+    pairs = [((1000, 2.0), (50_000, 1.0)), ((500, 4.0), (20_000, 1.0)), ((900, 3.0), (30_000, 2.0))]
+    runs = [bench.WrkResult(1000, 10, rps, p99 / 4, p99 / 2, p99,
+                            nginx=bench.WrkResult(9000, 10, n_rps, n_p99 / 4, n_p99 / 2, n_p99))
+            for (rps, p99), (n_rps, n_p99) in pairs]
+    [create] = [s for s in _scenarios() if s.name == "create-post c10"]
+    got = bench.summarise({create.name: runs}, [create], YARDSTICK["results"])[create.name]
+    assert got["pct_of_nginx"] == pytest.approx(2.5)  # 2.0, 2.5 and 3.0 %; 900 / 30,000 would be 3.0
+    assert got["p99_x_nginx"] == pytest.approx(2.0)  # 2.0, 4.0 and 1.5
+    assert got["x_reference"] == pytest.approx(1.0)  # the reference's 2.5 %
+    assert (got["nginx_rps"], got["nginx_p99_ms"]) == (30_000, 1.0)
+    assert got["rps"] == 900 and got["yardstick"] == "nginx feed c10"
+    # unpaired runs divide by the yardstick measured once (50,000/s here)
+    for run in runs:
+        run.nginx = None
+    once = bench.summarise({create.name: runs}, [create], YARDSTICK["results"])[create.name]
+    assert once["pct_of_nginx"] == pytest.approx(1.8) and once["nginx_rps"] == 50_000
 
 
 @pytest.mark.no_stores
@@ -229,6 +252,48 @@ def test_yardstick_nginx_serves_the_files_to_wrk() -> None:
         assert "worker_processes 1;" in conf and "access_log off;" in conf and "sendfile on;" in conf
     assert server.proc.poll() is not None  # stopped, prefix removed
     assert not Path(server.log).parent.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.no_stores
+def test_each_run_follows_its_own_yardstick_run() -> None:
+    """``--yardstick paired``: nginx starts once; every run of a scenario comes right after a run
+    of its yardstick, which is attached to it and kept for the report; the nginx is stopped at the
+    end. (Here nginx's small file stands in for the API: nothing about speed is asserted.)"""
+    feed = b"[" + b",".join(b'{"id":%d}' % i for i in range(100)) + b"]"
+    args = argparse.Namespace(warmup=0, repeats=2, duration=1, threads=2, profile=False, yardstick="paired")
+    order: list[str] = []
+    with bench.Yardstick(args) as yardstick:
+        yardstick.start(feed)
+        server = yardstick._server
+        assert server is not None
+        yardstick.start(b"another feed")  # started once: the first feed stays
+        assert yardstick.feed_bytes == len(feed)
+
+        def pair() -> bench.WrkResult:
+            order.append("nginx")
+            return yardstick.run(bench.FEED_C10)
+
+        stand_in = bench.Scenario("stand-in", "/small.json", 10, yardstick=bench.FEED_C10)
+        runs = bench.measure(server.url, stand_in, args, pair=pair)
+        assert order == ["nginx", "nginx"] and len(runs) == 2
+        assert [r.nginx for r in runs] == yardstick.runs[bench.FEED_C10]
+        assert all(r.nginx is not None and r.nginx.requests > 0 and r.requests > 0 for r in runs)
+        got = bench.summarise({"stand-in": runs}, [stand_in], yardstick.results())["stand-in"]
+        assert got["pct_of_nginx"] is not None and got["nginx_rps"] == pytest.approx(
+            bench.median_result(yardstick.runs[bench.FEED_C10])["rps"])
+        report = yardstick.report()
+        assert report is not None and report["mode"] == "paired" and len(report["runs"][bench.FEED_C10]) == 2
+    assert server.proc.poll() is not None
+
+
+@pytest.mark.no_stores
+def test_unstarted_yardstick_reports_nothing() -> None:
+    args = argparse.Namespace(warmup=0, repeats=1, duration=1, threads=2, yardstick="once")
+    with bench.Yardstick(args) as yardstick:
+        assert yardstick.report() is None and not yardstick.paired
+        with pytest.raises(RuntimeError, match="not started"):
+            yardstick.run(bench.FEED_C10)
 
 
 @pytest.mark.no_stores
@@ -307,7 +372,9 @@ def test_report_shows_yardstick_ratios_goals_and_memory_side_by_side() -> None:
               "goals": [g for t in topologies.values() for g in t["goals"]]}
     text = bench.markdown(report)
     assert "| nginx feed c10 | 50,000 | 0.25 | 0.50 | 1.00 | 0 |" in text
-    assert "| list-posts limit=100 c10 | 8,000 | 0.30 | 0.60 | 1.20 | 0 | 16.0 | 1.20 | 1.45 | PASS | n/a |" in text
+    assert ("| list-posts limit=100 c10 | 8,000 | 0.30 | 0.60 | 1.20 | 0 | 50,000, 1.00 | 16.0 | 1.20 | 1.45 | PASS "
+            "| n/a |") in text
+    assert "measured once, before the scenarios" in text
     assert "| single | list-posts limit=100 c10 | ≥ 14.3 % of nginx (1.3 × 11 %)" in text
     assert "| seed | list-posts limit=100 c10 | ≥ 22 % of nginx (2 × 11 %)" in text
     assert ("| list-posts limit=100 c10 | nginx feed c10 | 11.0 %, p99 1.30 × | 16.0 %, p99 1.20 ×, 1.45 × ref "
