@@ -33,6 +33,7 @@ from scripts.nginx import NGINX_CONF, Nginx
 from tests.conftest import eventually
 
 ECHO_HANDLER = REPO_ROOT / "tests" / "fixtures" / "functions" / "echo"
+SLEEPY_HANDLER = REPO_ROOT / "tests" / "fixtures" / "functions" / "sleepy"
 #: The product's functions the micro-cache tests call through nginx.
 PRODUCT_FUNCTIONS = ("register", "login", "create-post", "list-posts")
 #: nginx's client_max_body_size in nginx.conf (1m).
@@ -96,6 +97,7 @@ def stack_file(tmp_path: Path) -> Path:
         "version: 1.0\nprovider:\n  name: openfaas\n  gateway: http://127.0.0.1:8080\n"
         "functions:\n"
         f"  echo:\n    lang: python3-ff\n    handler: {ECHO_HANDLER}\n    image: test/echo:latest\n"
+        f"  sleepy:\n    lang: python3-ff\n    handler: {SLEEPY_HANDLER}\n    image: test/sleepy:latest\n"
         f"  whoami:\n    lang: python3-ff\n    handler: ./functions/whoami\n    image: test/whoami:latest\n"
         + "".join(f"  {name}:\n    lang: python3-ff\n    handler: {REPO_ROOT / 'functions' / name}\n"
                   f"    image: test/{name}:latest\n" for name in PRODUCT_FUNCTIONS))
@@ -332,12 +334,42 @@ def test_anonymous_reads_are_cached_for_a_second_and_signed_in_ones_never(cluste
         failing = [http.get("/function/echo/err?status=404") for _ in range(2)]
         assert failing[0].json()["call_id"] != failing[1].json()["call_id"]  # only 200s are kept
         time.sleep(2.1)  # nginx counts validity in whole seconds: "1 s" ends within 2 s
-        noticed = http.get("/function/echo/page")  # expired: served stale, refreshed meanwhile
-        assert noticed.headers["X-Cache-Status"] == "STALE"
-        assert noticed.json()["call_id"] == first.json()["call_id"]
-        eventually(lambda: http.get("/function/echo/page").json()["call_id"] != first.json()["call_id"],
-                   timeout=3, interval=0.1)
+        noticed = http.get("/function/echo/page")  # expired: its first reader gets a new page
+        assert noticed.headers["X-Cache-Status"] == "EXPIRED"
+        assert noticed.json()["call_id"] != first.json()["call_id"]
+        again = http.get("/function/echo/page")
+        assert again.headers["X-Cache-Status"] == "HIT" and again.json()["call_id"] == noticed.json()["call_id"]
     assert '"cache":"HIT"' in nginx.output()  # hits are in nginx's access log
+
+
+def test_readers_of_a_page_idle_past_its_second_wait_only_for_the_one_refreshing_it(
+        cluster: tuple[Nginx, list[Any]]) -> None:
+    """A page read, then left alone for 11 s (past its 1-2 s, and past the 10 s after which
+    nginx.conf used to drop an unused entry), then read by several callers at once: the first
+    asks a replica and gets the new page (EXPIRED); the others, arriving while it waits, get the
+    stored page at once (UPDATING). Had the entry been dropped, they would queue behind the
+    cache lock (MISS, then HITs), which nginx re-checks only every 500 ms. ``sleepy`` answers
+    after 1 s, so the refresh is still in flight when the others arrive."""
+    nginx, _ = cluster
+    url = "/function/sleepy?seconds=1"
+
+    def read() -> httpx.Response:
+        with client(nginx) as http:
+            return http.get(url)
+
+    stored = read()
+    assert stored.status_code == 200 and stored.headers["X-Cache-Status"] == "MISS"
+    time.sleep(11)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        refreshing = pool.submit(read)
+        time.sleep(0.3)  # the refresh is in flight: the replica sleeps 1 s
+        others = [pool.submit(read) for _ in range(5)]
+        refreshed, served = refreshing.result(), [f.result() for f in others]
+    assert refreshed.headers["X-Cache-Status"] == "EXPIRED"
+    assert refreshed.headers["X-Call-Id"] != stored.headers["X-Call-Id"]  # a new page
+    assert [r.headers["X-Cache-Status"] for r in served] == ["UPDATING"] * 5
+    assert {r.headers["X-Call-Id"] for r in served} == {stored.headers["X-Call-Id"]}  # the stored one
+    assert all(r.status_code == 200 and r.json() == {"slept": 1.0} for r in [refreshed, *served])
 
 
 def test_a_writer_reads_its_own_write_at_once_and_anonymous_readers_within_two_seconds(
