@@ -39,10 +39,9 @@ same way, are constants here (:data:`REFERENCE`); the goals are multiples of the
    per-pair ratios: these VMs drift in speed within minutes, and a yardstick measured minutes
    before would read that drift as the product's. ``--yardstick once`` measures each yardstick
    ``--repeats`` times before the first topology's scenarios (pairing doubles the scenarios'
-   wrk time). Requests/s,
-   p50/p90/p99 latency, errors (non-2xx responses + socket errors), the paired nginx's
-   requests/s and p99, "% of nginx", "p99 x nginx", "x reference" and the goals' PASS/FAIL are
-   printed and saved as JSON and markdown in ``bench/results/``.
+   wrk time). Requests/s, p50/p90/p99 latency, errors (non-2xx responses + socket errors), the
+   paired nginx's requests/s and p99, "% of nginx", "p99 x nginx", "x reference" and the goals'
+   PASS/FAIL are printed and saved as JSON and markdown in ``bench/results/``.
 
 Each measurement first runs ``--warmup`` unmeasured seconds (thread pools and their per-thread
 database connections, caches). ``--quick`` is one 3-second run per scenario. ``--profile``
