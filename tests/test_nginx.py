@@ -30,6 +30,7 @@ from gateway import embedded
 from minitwitter.config import REPO_ROOT
 from scripts import nginx as nginx_tool
 from scripts.nginx import NGINX_CONF, Nginx
+from scripts.procfs import process_tree
 from tests.conftest import eventually
 
 ECHO_HANDLER = REPO_ROOT / "tests" / "fixtures" / "functions" / "echo"
@@ -288,6 +289,19 @@ def test_all_replicas_down_gives_json_503(start_nginx: Any) -> None:
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert response.json() == {"error": "no gateway replica is available", "details": {}}
+
+
+@pytest.mark.no_stores
+def test_one_worker_process_serves_everything(start_nginx: Any) -> None:
+    """compose gives nginx half a core: nginx.conf runs one worker (not one per host core),
+    with the connections two workers had."""
+    dead = (f"127.0.0.1:{embedded.free_port()}", f"127.0.0.1:{embedded.free_port()}")
+    nginx = start_nginx(dead)
+    titles = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+              for pid in process_tree(nginx.proc.pid)]
+    assert titles.count("nginx: worker process") == 1, titles
+    conf = NGINX_CONF.read_text()
+    assert "worker_processes 1;" in conf and "worker_connections 8192;" in conf
 
 
 def test_slow_clients_end_at_nginx_and_never_reach_a_gateway(cluster: tuple[Nginx, list[Any]]) -> None:
