@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -260,6 +262,57 @@ def test_a_failed_sample_write_stays_pending(batched_by_hand: None) -> None:
     metrics.child(counter, "x").inc(1)
     metrics.flush()
     assert calls == [2, 3] and value.get() == 3
+
+
+def test_unit_increments_from_many_threads_are_all_applied_while_an_apply_runs(batched_by_hand: None) -> None:
+    """Unit increments are counted without a lock (metrics.Tally): four threads counting while
+    another applies over and over lose nothing and count nothing twice."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    counter = metrics.child(Counter("tallied", "c", ["f"], registry=registry), "x")
+    histogram = metrics.child(Histogram("tallied_seconds", "h", ["f"], registry=registry), "x")
+    per_thread = 20_000
+
+    def count() -> None:
+        for _ in range(per_thread):
+            counter.inc()
+            histogram.observe(0.001)
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        metrics.flush()
+    metrics.flush()
+    samples = {s.name: s.value for family in registry.collect() for s in family.samples
+               if not s.name.endswith("_created")}
+    assert samples["tallied_total"] == 4 * per_thread
+    assert samples["tallied_seconds_count"] == 4 * per_thread
+    assert samples["tallied_seconds_sum"] == pytest.approx(4 * per_thread * 0.001)
+
+
+def test_a_forked_child_applies_only_its_own_increments(batched_by_hand: None) -> None:
+    """What the parent counted before a fork is applied by the parent, never again by the child."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    counter = metrics.child(Counter("forked", "c", ["f"], registry=CollectorRegistry()), "x")
+    value = counter._value  # noqa: SLF001 - the sample both processes write (each its own copy)
+    for _ in range(5):
+        counter.inc()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the parent's five must not be applied here
+        code = 1
+        try:
+            counter.inc()
+            metrics.flush()
+            code = 0 if value.get() == 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    metrics.flush()
+    assert value.get() == 5
 
 
 def _scraped(text: bytes, series: str) -> float:

@@ -9,6 +9,7 @@ bounded label values (function names come from stack.yml, never from the URL).
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import threading
 import time
@@ -49,16 +50,66 @@ def drain(items: deque[T], limit: int | None = None) -> list[T]:
     return taken
 
 
+class Tally:
+    """Unit increments of one sample, counted without a lock: ``next()`` of an
+    :func:`itertools.count` is one C call, atomic under the GIL, whichever thread makes it.
+
+    The applier reads the count with one ``next()`` of its own and takes the difference from
+    what it read last (its own ``next()`` counted out), so nothing is lost or counted twice
+    while request threads go on counting.
+    """
+
+    __slots__ = ("_count", "_seen", "hit", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._count = itertools.count()
+        self._seen = 0
+        self.hit = self._count.__next__  # the request path's one call
+
+    def take(self) -> int:
+        """Increments since the last take (call with :data:`_tally_lock` held)."""
+        now = next(self._count)
+        taken, self._seen = now - self._seen, now + 1
+        return taken
+
+
+#: Every :class:`Tally` made in this process (one per counter child and histogram bucket).
+_tallies: list[Tally] = []
+#: One applier of the tallies at a time, whichever :class:`_Updates` applies them.
+_tally_lock = threading.Lock()
+
+
+def _forget_parent_tallies() -> None:
+    # A forked child's tallies hold the parent's unapplied counts: the parent applies them.
+    global _tally_lock
+    _tally_lock = threading.Lock()
+    for tally in _tallies:
+        tally.take()
+
+
+os.register_at_fork(before=lambda: _tally_lock.acquire(), after_in_parent=lambda: _tally_lock.release(),
+                    after_in_child=_forget_parent_tallies)
+
+
 class _Updates:
     """Increments waiting to be applied to prometheus_client's sample values, per process.
 
     In multi-process mode every ``inc`` of a sample takes a lock, checks the pid and writes the
     mmap'ed file; a request made eight of them (the gateway's and the function's counters and
-    histograms, a cache hit), ~8 % of a cached get-user's instructions. Here the request path only appends
-    ``(value, amount)`` to a deque; a background thread sums what accumulated every
-    :data:`FLUSH_INTERVAL` and writes each touched sample once. :func:`render` applies what is
-    pending first, and so does the process's exit, so a scrape sees the scraping process's own
-    requests at once and another process's within :data:`FLUSH_INTERVAL`.
+    histograms, a cache hit), ~8 % of a cached get-user's instructions. Here the request path
+    only counts: a unit increment (a counter's ``inc()``, a histogram's bucket) is one
+    ``next()`` on the sample's :class:`Tally`, any other amount (a histogram's sum, a gauge, an
+    ``inc(n)``) is appended as ``(value, amount)`` to a deque. A background thread takes what
+    accumulated every :data:`FLUSH_INTERVAL` and writes each touched sample once.
+    :func:`render` applies what is pending first, and so does the process's exit, so a scrape
+    sees the scraping process's own requests at once and another process's within
+    :data:`FLUSH_INTERVAL`.
+
+    Why tallies: the applier holds the GIL while it sums, and every request line waits for it
+    meanwhile. With every increment in the deque it held it ~0.3 ms per 700 cached reads (five
+    entries each), one server process's tenth of a second at full load; with tallies, one
+    entry per read is left in the deque (docs/benchmarks.md, change 56).
     """
 
     def __init__(self, *, background: bool = True) -> None:
@@ -69,17 +120,22 @@ class _Updates:
         # No fork while an apply holds prometheus_client's lock: the child would inherit it held.
         os.register_at_fork(before=self._lock_for_fork, after_in_parent=self._unlock_after_fork,
                             after_in_child=self._forget_parent)
+        #: True until the background thread runs (or for good, without one): the request
+        #: path's cue to call :meth:`start`.
+        self.idle = background
 
     def add(self, value: Any, amount: float) -> None:
         self.pending.append((value, amount))
-        if self._thread is None and self._background:
-            self._start()
+        if self.idle:
+            self.start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the background thread, once per process."""
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and self._background:
                 self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
                 self._thread.start()
+                self.idle = False
 
     def _run(self) -> None:
         while True:
@@ -97,12 +153,18 @@ class _Updates:
         self.pending.clear()
         self._lock = threading.Lock()
         self._thread = None
+        self.idle = self._background
 
     def apply(self) -> None:
         """Write every pending increment to its sample, one write per sample touched; a sample
         whose write fails keeps its sum pending for the next apply."""
         with self._lock:
             sums: dict[Any, float] = {}
+            with _tally_lock:
+                for tally in _tallies:
+                    taken = tally.take()
+                    if taken:
+                        sums[tally.value] = float(taken)
             for value, amount in drain(self.pending):
                 sums[value] = sums.get(value, 0.0) + amount
             failed: list[tuple[Any, float]] = []
@@ -119,7 +181,7 @@ atexit.register(_updates.apply)
 
 
 class BatchedChild:
-    """A labelled counter or histogram whose updates go through :class:`_Updates`.
+    """A labelled counter, gauge or histogram whose updates go through :class:`_Updates`.
 
     The same arithmetic as prometheus_client's ``Counter.inc`` and ``Histogram.observe`` (a
     histogram adds to its sum and to the first bucket whose bound is at or above the value;
@@ -127,21 +189,27 @@ class BatchedChild:
     checks that both give the same exposition.
     """
 
-    __slots__ = ("_bounds", "_buckets", "_sum", "_value")
+    __slots__ = ("_bounds", "_buckets", "_hit", "_sum", "_value")
 
     def __init__(self, labelled: Any) -> None:
         if isinstance(labelled, Histogram):
             self._sum = labelled._sum  # noqa: SLF001 - prometheus_client's sample values
-            self._buckets = labelled._buckets  # noqa: SLF001
+            self._buckets = [_tally(bucket).hit for bucket in labelled._buckets]  # noqa: SLF001
             self._bounds = labelled._upper_bounds  # noqa: SLF001
         else:
             self._value = labelled._value  # noqa: SLF001
+            self._hit = _tally(self._value).hit
 
     def inc(self, amount: float = 1.0) -> None:
         """Counter increment (``amount`` ≥ 0)."""
-        if amount < 0:
+        if amount == 1.0:
+            self._hit()
+            if _updates.idle:
+                _updates.start()
+        elif amount < 0:
             raise ValueError("counters can only be incremented by non-negative amounts")
-        _updates.add(self._value, amount)
+        else:
+            _updates.add(self._value, amount)
 
     def add(self, amount: float) -> None:
         """Gauge change, up or down (a gauge's batched updates net out before they are written)."""
@@ -151,7 +219,13 @@ class BatchedChild:
         """Histogram observation (a NaN, as in prometheus_client, reaches the sum, no bucket)."""
         _updates.add(self._sum, amount)
         if amount == amount:  # noqa: PLR0124 - false only for NaN
-            _updates.add(self._buckets[bisect_left(self._bounds, amount)], 1.0)
+            self._buckets[bisect_left(self._bounds, amount)]()
+
+
+def _tally(value: Any) -> Tally:
+    tally = Tally(value)
+    _tallies.append(tally)
+    return tally
 
 
 _children: dict[tuple[Counter | Gauge | Histogram, tuple[str, ...]], BatchedChild] = {}
