@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import operator
 import os
 import threading
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,46 +51,51 @@ def drain(items: deque[T], limit: int | None = None) -> list[T]:
     return taken
 
 
-class Tally:
-    """Unit increments of one sample, counted without a lock: ``next()`` of an
-    :func:`itertools.count` is one C call, atomic under the GIL, whichever thread makes it.
+class Tallies:
+    """Unit increments of samples, counted without a lock: each sample has an
+    :func:`itertools.count`, and ``next()`` on it is one C call, atomic under the GIL, whichever
+    thread makes it.
 
-    The applier reads the count with one ``next()`` of its own and takes the difference from
-    what it read last (its own ``next()`` counted out), so nothing is lost or counted twice
-    while request threads go on counting.
+    :meth:`take` reads every count with one ``next()`` of its own and returns the difference
+    from what it read last (its own ``next()`` counted out), so nothing is lost or counted twice
+    while request threads go on counting. It walks the counts with ``map`` and
+    :func:`itertools.compress` (C loops): ~950 samples (fifteen functions' histograms) cost it
+    ~0.05 ms with nothing counted.
     """
 
-    __slots__ = ("_count", "_seen", "hit", "value")
+    def __init__(self) -> None:
+        self._values: list[Any] = []
+        self._counts: list[Iterator[int]] = []
+        self._seen: list[int] = []
+        self._lock = threading.Lock()  # one taker at a time, whichever _Updates applies them
+        os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
+                            after_in_child=self._forget_parent)
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self._count = itertools.count()
-        self._seen = 0
-        self.hit = self._count.__next__  # the request path's one call
+    def add(self, value: Any) -> Callable[[], int]:
+        """A new tally of ``value``'s unit increments; call what it returns to count one."""
+        count = itertools.count()
+        with self._lock:
+            self._values.append(value)
+            self._counts.append(count)
+            self._seen.append(0)
+        return count.__next__
 
-    def take(self) -> int:
-        """Increments since the last take (call with :data:`_tally_lock` held)."""
-        now = next(self._count)
-        taken, self._seen = now - self._seen, now + 1
-        return taken
+    def take(self) -> list[tuple[Any, int]]:
+        """``(value, increments)`` of every sample counted since the last take."""
+        with self._lock:
+            now = list(map(next, self._counts))
+            taken = list(map(operator.sub, now, self._seen))
+            self._seen = list(map(operator.add, now, itertools.repeat(1)))
+            return [(self._values[i], taken[i]) for i in itertools.compress(range(len(taken)), taken)]
 
-
-#: Every :class:`Tally` made in this process (one per counter child and histogram bucket).
-_tallies: list[Tally] = []
-#: One applier of the tallies at a time, whichever :class:`_Updates` applies them.
-_tally_lock = threading.Lock()
-
-
-def _forget_parent_tallies() -> None:
-    # A forked child's tallies hold the parent's unapplied counts: the parent applies them.
-    global _tally_lock
-    _tally_lock = threading.Lock()
-    for tally in _tallies:
-        tally.take()
+    def _forget_parent(self) -> None:
+        # A forked child's counts hold the parent's unapplied increments: the parent applies them.
+        self._lock = threading.Lock()
+        self._seen = list(map(operator.add, map(next, self._counts), itertools.repeat(1)))
 
 
-os.register_at_fork(before=lambda: _tally_lock.acquire(), after_in_parent=lambda: _tally_lock.release(),
-                    after_in_child=_forget_parent_tallies)
+#: The unit increments of every counter child and histogram bucket in this process.
+_tallies = Tallies()
 
 
 class _Updates:
@@ -99,7 +105,7 @@ class _Updates:
     mmap'ed file; a request made eight of them (the gateway's and the function's counters and
     histograms, a cache hit), ~8 % of a cached get-user's instructions. Here the request path
     only counts: a unit increment (a counter's ``inc()``, a histogram's bucket) is one
-    ``next()`` on the sample's :class:`Tally`, any other amount (a histogram's sum, a gauge, an
+    ``next()`` on the sample's count (:class:`Tallies`), any other amount (a histogram's sum, a gauge, an
     ``inc(n)``) is appended as ``(value, amount)`` to a deque. A background thread takes what
     accumulated every :data:`FLUSH_INTERVAL` and writes each touched sample once.
     :func:`render` applies what is pending first, and so does the process's exit, so a scrape
@@ -107,9 +113,11 @@ class _Updates:
     :data:`FLUSH_INTERVAL`.
 
     Why tallies: the applier holds the GIL while it sums, and every request line waits for it
-    meanwhile. With every increment in the deque it held it ~0.3 ms per 700 cached reads (five
-    entries each), one server process's tenth of a second at full load; with tallies, one
-    entry per read is left in the deque (docs/benchmarks.md, change 56).
+    meanwhile. With every increment in the deque, a cached read added five entries, and one
+    server process's tenth of a second at full load (~700 reads) held it ~0.3 ms; with
+    tallies, one entry per read (its histogram's sum) is left in the deque and the same apply
+    holds it ~0.12 ms, ~0.05 ms of that to read ~950 tallies, which an idle tick now pays too
+    (docs/benchmarks.md, change 56).
     """
 
     def __init__(self, *, background: bool = True) -> None:
@@ -160,11 +168,8 @@ class _Updates:
         whose write fails keeps its sum pending for the next apply."""
         with self._lock:
             sums: dict[Any, float] = {}
-            with _tally_lock:
-                for tally in _tallies:
-                    taken = tally.take()
-                    if taken:
-                        sums[tally.value] = float(taken)
+            for value, count in _tallies.take():
+                sums[value] = float(count)
             for value, amount in drain(self.pending):
                 sums[value] = sums.get(value, 0.0) + amount
             failed: list[tuple[Any, float]] = []
@@ -194,11 +199,11 @@ class BatchedChild:
     def __init__(self, labelled: Any) -> None:
         if isinstance(labelled, Histogram):
             self._sum = labelled._sum  # noqa: SLF001 - prometheus_client's sample values
-            self._buckets = [_tally(bucket).hit for bucket in labelled._buckets]  # noqa: SLF001
+            self._buckets = [_tallies.add(bucket) for bucket in labelled._buckets]  # noqa: SLF001
             self._bounds = labelled._upper_bounds  # noqa: SLF001
         else:
             self._value = labelled._value  # noqa: SLF001
-            self._hit = _tally(self._value).hit
+            self._hit = _tallies.add(self._value)
 
     def inc(self, amount: float = 1.0) -> None:
         """Counter increment (``amount`` ≥ 0)."""
@@ -220,12 +225,6 @@ class BatchedChild:
         _updates.add(self._sum, amount)
         if amount == amount:  # noqa: PLR0124 - false only for NaN
             self._buckets[bisect_left(self._bounds, amount)]()
-
-
-def _tally(value: Any) -> Tally:
-    tally = Tally(value)
-    _tallies.append(tally)
-    return tally
 
 
 _children: dict[tuple[Counter | Gauge | Histogram, tuple[str, ...]], BatchedChild] = {}
