@@ -16,11 +16,12 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -293,24 +294,47 @@ def test_unit_increments_from_many_threads_are_all_applied_while_an_apply_runs(b
 
 
 def test_a_forked_child_applies_only_its_own_increments(batched_by_hand: None) -> None:
-    """What the parent counted before a fork is applied by the parent, never again by the child."""
+    """What the parent counted before a fork is applied by the parent, never again by the child;
+    and a child forks in turn (``make run`` forks the gateway's main, which forks its workers)."""
     from prometheus_client import CollectorRegistry, Counter
 
     counter = metrics.child(Counter("forked", "c", ["f"], registry=CollectorRegistry()), "x")
-    value = counter._value  # noqa: SLF001 - the sample both processes write (each its own copy)
+    value = counter._value  # noqa: SLF001 - the sample each process writes (each its own copy)
     for _ in range(5):
         counter.inc()
-    pid = os.fork()
-    if pid == 0:  # the child: its copy of the parent's five must not be applied here
-        code = 1
-        try:
-            counter.inc()
-            metrics.flush()
-            code = 0 if value.get() == 1 else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def forked(child: Callable[[], int]) -> int:
+        """Exit code of ``child()`` run in a forked process (-1: still running after 10 s)."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = child()
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return -1
+
+    def grandchild() -> int:
+        counter.inc()
+        metrics.flush()
+        return 0 if value.get() == 2 else 3  # its parent's one, then its own
+
+    def child() -> int:  # its copy of the parent's five must not be applied here
+        counter.inc()
+        metrics.flush()
+        if value.get() != 1:
+            return 2
+        return forked(grandchild)
+
+    assert forked(child) == 0
     metrics.flush()
     assert value.get() == 5
 

@@ -68,7 +68,9 @@ class Tallies:
         self._counts: list[Iterator[int]] = []
         self._seen: list[int] = []
         self._lock = threading.Lock()  # one taker at a time, whichever _Updates applies them
-        os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
+        # No fork while a take holds the lock; a child gets a lock of its own, which its own
+        # forks must take in turn (hence methods that look the lock up, not its bound methods).
+        os.register_at_fork(before=self._lock_for_fork, after_in_parent=self._unlock_after_fork,
                             after_in_child=self._forget_parent)
 
     def add(self, value: Any) -> Callable[[], int]:
@@ -87,6 +89,12 @@ class Tallies:
             taken = list(map(operator.sub, now, self._seen))
             self._seen = list(map(operator.add, now, itertools.repeat(1)))
             return [(self._values[i], taken[i]) for i in itertools.compress(range(len(taken)), taken)]
+
+    def _lock_for_fork(self) -> None:
+        self._lock.acquire()
+
+    def _unlock_after_fork(self) -> None:
+        self._lock.release()
 
     def _forget_parent(self) -> None:
         # A forked child's counts hold the parent's unapplied increments: the parent applies them.
